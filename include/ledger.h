@@ -1,0 +1,82 @@
+/*-------------------------------------------------------------------------
+ *
+ * ledger.h
+ *	  Declarations shared by the ledger extension's source files.
+ *
+ * The extension is built around one queue of events (ledger.queue) that
+ * clients append to, and one background worker per bucket of accounts that
+ * applies its bucket's events in batches, writing immutable legs to
+ * ledger.transactions.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef LEDGER_H
+#define LEDGER_H
+
+#include "storage/condition_variable.h"
+#include "storage/latch.h"
+#include "storage/spin.h"
+
+/* The most buckets (and so workers) a server may run. */
+#define LEDGER_MAX_BUCKETS	64
+
+/* Event kinds, as stored in ledger.queue.kind and ledger.events.kind. */
+#define LEDGER_DEPOSIT		'd'
+#define LEDGER_WITHDRAW		'w'
+#define LEDGER_TRANSFER		't'
+#define LEDGER_DISBURSE		's'
+#define LEDGER_CREDIT		'c'
+
+/* Event outcomes, as stored in ledger.events.status. */
+#define LEDGER_APPLIED		'a'
+#define LEDGER_REJECTED		'r'
+
+/* The external account that balances deposits and withdrawals of a bucket. */
+#define LEDGER_EXTERNAL_ACCOUNT(bucket)	(-1 - (int64) (bucket))
+
+/* GUCs (ledger.c) */
+extern char *ledger_database;
+extern int	ledger_buckets;
+extern int	ledger_batch_size;
+extern int	ledger_poll_interval;
+extern int	ledger_max_payees;
+extern int	ledger_breakpoint_interval;
+
+/*
+ * State shared between the workers and the backends that enqueue or wait
+ * (ledger.c).  The latch of each running worker lets a committing enqueuer
+ * wake the worker that will apply its events; the condition variable lets
+ * ledger_wait() sleep until some worker has committed a batch.
+ */
+typedef struct LedgerWorkerSlot
+{
+	pid_t		pid;
+	Latch	   *latch;
+} LedgerWorkerSlot;
+
+typedef struct LedgerSharedState
+{
+	slock_t		mutex;			/* protects workers[] */
+	ConditionVariable batch_applied;
+	LedgerWorkerSlot workers[LEDGER_MAX_BUCKETS];
+} LedgerSharedState;
+
+extern LedgerSharedState *ledger_shared;
+
+/* ledger.c */
+extern int	ledger_worker_of_bucket(int bucket);
+
+/* wakeup.c */
+extern void ledger_wake_at_commit(int bucket);
+extern void ledger_wake_worker(int worker);
+extern void ledger_announce_batch(void);
+
+/* worker.c */
+extern PGDLLEXPORT void ledger_worker_main(Datum main_arg);
+
+/* apply.c */
+extern bool ledger_apply_ready(int worker, const int **buckets, int *nbuckets);
+extern int	ledger_apply_batch(int bucket, int batch_size);
+extern void ledger_apply_reset(void);
+
+#endif							/* LEDGER_H */

@@ -1,0 +1,229 @@
+/*-------------------------------------------------------------------------
+ *
+ * wait.c
+ *	  Waking workers and waiting for them.
+ *
+ * Two directions.  A backend that enqueued events wakes, when its
+ * transaction commits, the workers of the buckets it wrote to: before the
+ * commit they could not see the events, after it they need not wait for
+ * their next poll.  A worker that committed a batch wakes every backend
+ * sleeping in ledger_wait(), which then looks at its event again.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/builtins.h"
+#include "catalog/pg_type.h"
+#include "utils/timestamp.h"
+
+#include "ledger.h"
+
+/* Workers to wake when the current transaction commits, one bit each. */
+static uint64 wake_mask = 0;
+static bool callback_registered = false;
+
+static void wake_on_commit(XactEvent event, void *arg);
+
+/*
+ * Remember to wake the worker of a bucket once the enqueueing transaction
+ * commits.
+ */
+void
+ledger_wake_at_commit(int bucket)
+{
+	if (ledger_shared == NULL)
+		return;
+
+	if (!callback_registered)
+	{
+		RegisterXactCallback(wake_on_commit, NULL);
+		callback_registered = true;
+	}
+	wake_mask |= UINT64CONST(1) << ledger_worker_of_bucket(bucket);
+}
+
+static void
+wake_on_commit(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			{
+				int			worker;
+
+				for (worker = 0; wake_mask != 0; worker++, wake_mask >>= 1)
+				{
+					if (wake_mask & 1)
+						ledger_wake_worker(worker);
+				}
+				break;
+			}
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			wake_mask = 0;
+			break;
+		default:
+			break;
+	}
+}
+
+void
+ledger_wake_worker(int worker)
+{
+	Latch	   *latch;
+
+	if (ledger_shared == NULL || worker >= LEDGER_MAX_BUCKETS)
+		return;
+
+	SpinLockAcquire(&ledger_shared->mutex);
+	latch = ledger_shared->workers[worker].latch;
+	SpinLockRelease(&ledger_shared->mutex);
+
+	/* a latch belongs to a PGPROC and stays valid memory: setting it is safe */
+	if (latch)
+		SetLatch(latch);
+}
+
+/* Called by a worker after committing a batch. */
+void
+ledger_announce_batch(void)
+{
+	if (ledger_shared)
+		ConditionVariableBroadcast(&ledger_shared->batch_applied);
+}
+
+/*
+ * The status of an event, as ledger_event_status() reports it ("pending",
+ * "applied", "rejected", or NULL when unknown), and whether the calling
+ * transaction itself enqueued it.
+ */
+static const char *
+event_status(int64 event_id, bool *own)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		arg = Int64GetDatum(event_id);
+	HeapTuple	row;
+	TupleDesc	desc;
+	Datum		value;
+	bool		isnull;
+
+	if (plan == NULL)
+	{
+		Oid			argtype = INT8OID;
+
+		plan = SPI_prepare("SELECT (SELECT q.xmin FROM ledger.queue q"
+						   "         WHERE q.id = $1 LIMIT 1),"
+						   "       (SELECT e.status FROM ledger.events e"
+						   "         WHERE e.id = $1)",
+						   1, &argtype);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+	}
+
+	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not look up event " INT64_FORMAT, event_id);
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+
+	/* queued entries, its own or its credits, keep an event pending */
+	value = SPI_getbinval(row, desc, 1, &isnull);
+	if (!isnull)
+	{
+		*own = TransactionIdIsCurrentTransactionId(DatumGetTransactionId(value));
+		return "pending";
+	}
+	*own = false;
+
+	value = SPI_getbinval(row, desc, 2, &isnull);
+	if (isnull)
+		return NULL;
+	return DatumGetChar(value) == LEDGER_APPLIED ? "applied" : "rejected";
+}
+
+/*
+ * ledger_wait(event_id, timeout_ms) - sleep until the event is applied or
+ * rejected, or the timeout passes; return its status.
+ *
+ * Each look at the event takes a new snapshot, so this is only useful in
+ * READ COMMITTED.  An event enqueued by the waiting transaction itself
+ * cannot be applied before that transaction commits: it is reported pending
+ * at once rather than after a pointless sleep.
+ */
+PG_FUNCTION_INFO_V1(ledger_wait);
+Datum
+ledger_wait(PG_FUNCTION_ARGS)
+{
+	int64		event_id;
+	int			timeout_ms;
+	TimestampTz deadline;
+	const char *status;
+	bool		own;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("event_id and timeout_ms must not be null")));
+	event_id = PG_GETARG_INT64(0);
+	timeout_ms = PG_GETARG_INT32(1);
+	if (timeout_ms < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout_ms must not be negative")));
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("ledger_wait cannot run in a REPEATABLE READ or SERIALIZABLE transaction"),
+				 errdetail("Its snapshot would never show the event change."),
+				 errhint("Wait in a READ COMMITTED transaction.")));
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+
+	SPI_connect();
+	for (;;)
+	{
+		long		remaining;
+
+		/* prepare before looking, so that a broadcast in between counts */
+		if (ledger_shared)
+			ConditionVariablePrepareToSleep(&ledger_shared->batch_applied);
+
+		status = event_status(event_id, &own);
+		if (status == NULL || own || strcmp(status, "pending") != 0)
+			break;
+
+		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (remaining <= 0)
+			break;
+
+		if (ledger_shared)
+			(void) ConditionVariableTimedSleep(&ledger_shared->batch_applied,
+											   remaining, PG_WAIT_EXTENSION);
+		else
+		{
+			/* library not preloaded: no worker will announce anything */
+			(void) WaitLatch(MyLatch,
+							 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 remaining, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+	if (ledger_shared)
+		ConditionVariableCancelSleep();
+
+	SPI_finish();
+
+	if (status == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(status));
+}

@@ -1,0 +1,148 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The bucket worker: a background worker that applies its buckets' events.
+ *
+ * Each worker loops: apply one batch of each bucket it serves, one
+ * transaction per batch, and sleep on its latch when every queue was
+ * drained.  Enqueueing backends set the latch when they commit, so the poll
+ * interval only bounds the wait for a wake-up that was missed.
+ *
+ * The worker waits for the extension to exist in ledger.database, and notices
+ * when it is dropped and created again.  An error ends the worker; the
+ * postmaster starts it again, and it carries on from the queue, which the
+ * failed batch left untouched.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/snapmgr.h"
+
+#include "ledger.h"
+
+static int	my_worker;
+
+static void
+release_slot(int code, Datum arg)
+{
+	LedgerWorkerSlot *slot = &ledger_shared->workers[my_worker];
+
+	SpinLockAcquire(&ledger_shared->mutex);
+	if (slot->pid == MyProcPid)
+	{
+		slot->pid = 0;
+		slot->latch = NULL;
+	}
+	SpinLockRelease(&ledger_shared->mutex);
+}
+
+static void
+claim_slot(void)
+{
+	LedgerWorkerSlot *slot = &ledger_shared->workers[my_worker];
+
+	SpinLockAcquire(&ledger_shared->mutex);
+	slot->pid = MyProcPid;
+	slot->latch = MyLatch;
+	SpinLockRelease(&ledger_shared->mutex);
+	before_shmem_exit(release_slot, (Datum) 0);
+}
+
+/*
+ * Apply one batch of each served bucket.  Returns true when some bucket had
+ * a full batch, so more may be waiting.
+ */
+static bool
+apply_pass(void)
+{
+	static char activity[64];
+	bool		more = false;
+	int			nbuckets = 1;
+	int			i;
+
+	for (i = 0; i < nbuckets; i++)
+	{
+		const int  *buckets;
+		bool		ready;
+		int			applied = 0;
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+
+		ready = ledger_apply_ready(my_worker, &buckets, &nbuckets);
+		if (ready && i < nbuckets)
+		{
+			snprintf(activity, sizeof(activity),
+					 "applying a batch of bucket %d", buckets[i]);
+			pgstat_report_activity(STATE_RUNNING, activity);
+			applied = ledger_apply_batch(buckets[i], ledger_batch_size);
+		}
+
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_stat(false);
+
+		if (!ready)
+		{
+			pgstat_report_activity(STATE_IDLE, "waiting for CREATE EXTENSION ledger");
+			return false;
+		}
+		if (applied > 0)
+			ledger_announce_batch();
+		if (applied >= ledger_batch_size)
+			more = true;
+	}
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return more;
+}
+
+void
+ledger_worker_main(Datum main_arg)
+{
+	char		name[BGW_MAXLEN];
+
+	my_worker = DatumGetInt32(main_arg);
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	claim_slot();
+	BackgroundWorkerInitializeConnection(ledger_database, NULL, 0);
+	snprintf(name, sizeof(name), "ledger bucket worker %d", my_worker);
+	pgstat_report_appname(name);
+
+	for (;;)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		if (apply_pass())
+			continue;
+
+		(void) WaitLatch(MyLatch,
+						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 ledger_poll_interval,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
