@@ -6,11 +6,20 @@ DATA = ledger--1.0.sql
 PG_CPPFLAGS = -Iinclude
 PG_CFLAGS = -Werror -Wall -Wmissing-prototypes
 
-REGRESS = api errors apply buckets breakpoints verify
+# Every suite starts its own server with test/ledger.conf (pg_regress and
+# isolation) or its own clusters (TAP); none needs a running server.
+override CONTRIB_TESTDB = ledger_regress
+override ISOLATION_TESTDB = ledger_regress
+
+REGRESS = api
 REGRESS_OPTS = --inputdir=test --outputdir=test \
-	--temp-config=test/ledger.conf --temp-instance=test/tmp_check \
-	--dbname=ledger_regress
+	--temp-config=test/ledger.conf --temp-instance=test/tmp_check
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# One target per suite, so that scripts/test.sh can run and report each.
+.PHONY: installcheck-regress installcheck-isolation installcheck-tap
+installcheck-regress:
+	$(pg_regress_installcheck) $(REGRESS_OPTS) $(REGRESS)

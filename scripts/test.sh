@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Run every test suite of the ledger extension on this machine: installs the
+# build dependencies, builds and installs the extension, then runs the
+# pg_regress, isolation and TAP suites, each against servers it starts itself.
+# Run as root on Debian 12.
+source "$(dirname "$0")/common.sh"
+
+build_dependencies
+build_and_install
+give_tree_to_postgres
+
+passed=0
+failed=0
+failures=()
+
+suite() {
+	local name=$1
+	shift
+	log "suite: $name"
+	if "$@"; then
+		passed=$((passed + 1))
+	else
+		failed=$((failed + 1))
+		failures+=("$name")
+	fi
+}
+
+show_diffs() {
+	for f in "$TOP"/test/regression.diffs "$TOP"/output_iso/regression.diffs; do
+		[ -s "$f" ] && { echo "--- $f"; head -200 "$f"; }
+	done
+	return 1
+}
+
+suite "pg_regress" as_pg make -C "$TOP" -s installcheck-regress || show_diffs || true
+
+echo
+echo "suites: ${passed} passed, ${failed} failed${failures:+ (${failures[*]})}"
+[ "$failed" -eq 0 ]
