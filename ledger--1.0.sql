@@ -180,6 +180,13 @@ RETURNS bigint
 AS 'MODULE_PATHNAME', 'ledger_disburse'
 LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
+CREATE FUNCTION ledger_transfer_many(from_accounts bigint[],
+									 to_accounts bigint[], amounts bigint[],
+									 idempotency_keys text[] DEFAULT NULL)
+RETURNS bigint[]
+AS 'MODULE_PATHNAME', 'ledger_transfer_many'
+LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
 /*
  * An event is pending while any queue entry carries its id: its own before
  * its payer's bucket applies it, then the credits it sent to other buckets.
@@ -338,6 +345,7 @@ REVOKE ALL ON FUNCTION
 	ledger_withdraw(bigint, bigint, text),
 	ledger_transfer(bigint, bigint, bigint, text),
 	ledger_disburse(bigint, bigint[], bigint[], text),
+	ledger_transfer_many(bigint[], bigint[], bigint[], text[]),
 	ledger_event_status(bigint),
 	ledger_wait(bigint, integer),
 	ledger_event(bigint),
@@ -352,6 +360,7 @@ GRANT EXECUTE ON FUNCTION
 	ledger_withdraw(bigint, bigint, text),
 	ledger_transfer(bigint, bigint, bigint, text),
 	ledger_disburse(bigint, bigint[], bigint[], text),
+	ledger_transfer_many(bigint[], bigint[], bigint[], text[]),
 	ledger_event_status(bigint),
 	ledger_wait(bigint, integer),
 	ledger_event(bigint),

@@ -13,12 +13,15 @@
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/sequence.h"
 #include "common/int.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 
 #include "ledger.h"
@@ -83,6 +86,30 @@ check_amount(int64 amount)
 				 errdetail("The amount given was " INT64_FORMAT ".", amount)));
 }
 
+static void
+check_key_length(text *key)
+{
+	if (VARSIZE_ANY_EXHDR(key) > LEDGER_MAX_KEY_LENGTH)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("idempotency key is too long"),
+				 errdetail("Keys may be at most %d bytes; this one has %d.",
+						   LEDGER_MAX_KEY_LENGTH, (int) VARSIZE_ANY_EXHDR(key))));
+}
+
+static void
+check_transfer(int64 from_account, int64 to_account, int64 amount)
+{
+	check_account_id(from_account);
+	check_account_id(to_account);
+	if (from_account == to_account)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("cannot transfer from account " INT64_FORMAT " to itself",
+						from_account)));
+	check_amount(amount);
+}
+
 static text *
 get_idempotency_key(FunctionCallInfo fcinfo, int argno)
 {
@@ -91,13 +118,36 @@ get_idempotency_key(FunctionCallInfo fcinfo, int argno)
 	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
 		return NULL;
 	key = PG_GETARG_TEXT_PP(argno);
-	if (VARSIZE_ANY_EXHDR(key) > LEDGER_MAX_KEY_LENGTH)
-		ereport(ERROR,
-				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
-				 errmsg("idempotency key is too long"),
-				 errdetail("Keys may be at most %d bytes; this one has %d.",
-						   LEDGER_MAX_KEY_LENGTH, (int) VARSIZE_ANY_EXHDR(key))));
+	check_key_length(key);
 	return key;
+}
+
+/* Read a one-dimensional bigint[] without NULLs into a palloc'd C array. */
+static int64 *
+get_bigint_array(ArrayType *array, const char *name, int *n)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int64	   *result;
+	int			i;
+
+	if (ARR_NDIM(array) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s must be a one-dimensional array", name)));
+	deconstruct_array(array, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &elems, &nulls, n);
+	result = palloc(sizeof(int64) * Max(*n, 1));
+	for (i = 0; i < *n; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s must not contain nulls", name),
+					 errdetail("Element %d is null.", i + 1)));
+		result[i] = DatumGetInt64(elems[i]);
+	}
+	return result;
 }
 
 static int
@@ -109,20 +159,29 @@ cmp_int64(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+static Datum
+bigint_array(int64 *values, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+	int			i;
+
+	for (i = 0; i < n; i++)
+		elems[i] = Int64GetDatum(values[i]);
+	return PointerGetDatum(construct_array(elems, n, INT8OID, 8,
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
 /*
- * Check that the given accounts, all distinct, exist, raising an error naming
- * one that does not; return the bucket of the first, the paying account.
- * Called inside SPI.
+ * Look up the buckets of accounts given sorted and distinct: buckets[i] is
+ * the bucket of ids[i], or -1 if that account does not exist.  Called inside
+ * SPI.
  */
-static int
-lookup_accounts(int64 *ids, int n)
+static void
+lookup_buckets(int64 *ids, int n, int *buckets)
 {
 	static SPIPlanPtr plan = NULL;
 	Oid			argtype = INT8ARRAYOID;
-	Datum	   *elems;
-	Datum		arg;
-	int64	   *found;
-	int			bucket = -1;
+	Datum		arg = bigint_array(ids, n);
 	uint64		row;
 	int			i;
 
@@ -130,38 +189,55 @@ lookup_accounts(int64 *ids, int n)
 				 "SELECT a.id, a.bucket FROM ledger.accounts a"
 				 " WHERE a.id = ANY ($1)",
 				 1, &argtype);
-
-	elems = palloc(sizeof(Datum) * n);
-	for (i = 0; i < n; i++)
-		elems[i] = Int64GetDatum(ids[i]);
-	arg = PointerGetDatum(construct_array(elems, n, INT8OID, 8,
-										  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up accounts");
 
-	found = palloc(sizeof(int64) * (SPI_processed + 1));
+	for (i = 0; i < n; i++)
+		buckets[i] = -1;
 	for (row = 0; row < SPI_processed; row++)
 	{
 		HeapTuple	tuple = SPI_tuptable->vals[row];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
+		int64	   *found = bsearch(&id, ids, n, sizeof(int64), cmp_int64);
 
-		found[row] = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
-		if (found[row] == ids[0])
-			bucket = DatumGetInt32(SPI_getbinval(tuple, desc, 2, &isnull));
+		buckets[found - ids] = DatumGetInt32(SPI_getbinval(tuple, desc, 2, &isnull));
 	}
+}
 
-	if (SPI_processed < (uint64) n)
-	{
-		qsort(found, SPI_processed, sizeof(int64), cmp_int64);
-		for (i = 0; i < n; i++)
-			if (!bsearch(&ids[i], found, SPI_processed, sizeof(int64), cmp_int64))
-				ereport(ERROR,
-						(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
-						 errmsg("account " INT64_FORMAT " does not exist", ids[i]),
-						 errhint("Open it first with ledger_open_account().")));
-	}
-	return bucket;
+/* The bucket of an account in the sorted ids lookup_buckets() was given. */
+static int
+bucket_of(int64 account_id, int64 *ids, int *buckets, int n)
+{
+	int64	   *found = bsearch(&account_id, ids, n, sizeof(int64), cmp_int64);
+
+	if (found == NULL || buckets[found - ids] < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+				 errmsg("account " INT64_FORMAT " does not exist", account_id),
+				 errhint("Open it first with ledger_open_account().")));
+	return buckets[found - ids];
+}
+
+/*
+ * Check that the given accounts, all distinct, exist, raising an error naming
+ * the first that does not; return the bucket of the first, the paying
+ * account.  Called inside SPI.
+ */
+static int
+lookup_accounts(int64 *ids, int n)
+{
+	int64	   *sorted = palloc(sizeof(int64) * n);
+	int		   *buckets = palloc(sizeof(int) * n);
+	int			i;
+
+	memcpy(sorted, ids, sizeof(int64) * n);
+	qsort(sorted, n, sizeof(int64), cmp_int64);
+	lookup_buckets(sorted, n, buckets);
+	for (i = 0; i < n; i++)
+		(void) bucket_of(ids[i], sorted, buckets, n);
+	return bucket_of(ids[0], sorted, buckets, n);
 }
 
 /*
@@ -366,14 +442,7 @@ ledger_transfer(PG_FUNCTION_ARGS)
 	m.account_id = PG_GETARG_INT64(0);
 	m.to_account = PG_GETARG_INT64(1);
 	m.amount = PG_GETARG_INT64(2);
-	check_account_id(m.account_id);
-	check_account_id(m.to_account);
-	if (m.account_id == m.to_account)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("cannot transfer from account " INT64_FORMAT " to itself",
-						m.account_id)));
-	check_amount(m.amount);
+	check_transfer(m.account_id, m.to_account, m.amount);
 	m.idempotency_key = get_idempotency_key(fcinfo, 3);
 
 	ids[0] = m.account_id;
@@ -382,34 +451,6 @@ ledger_transfer(PG_FUNCTION_ARGS)
 	event_id = enqueue(&m, lookup_accounts(ids, 2));
 	SPI_finish();
 	PG_RETURN_INT64(event_id);
-}
-
-/* Read a one-dimensional bigint[] without NULLs into a palloc'd C array. */
-static int64 *
-get_bigint_array(ArrayType *array, const char *name, int *n)
-{
-	Datum	   *elems;
-	bool	   *nulls;
-	int64	   *result;
-	int			i;
-
-	if (ARR_NDIM(array) > 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-				 errmsg("%s must be a one-dimensional array", name)));
-	deconstruct_array(array, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
-					  &elems, &nulls, n);
-	result = palloc(sizeof(int64) * Max(*n, 1));
-	for (i = 0; i < *n; i++)
-	{
-		if (nulls[i])
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("%s must not contain nulls", name),
-					 errdetail("Element %d is null.", i + 1)));
-		result[i] = DatumGetInt64(elems[i]);
-	}
-	return result;
 }
 
 /*
@@ -495,4 +536,261 @@ ledger_disburse(PG_FUNCTION_ARGS)
 	event_id = enqueue(&m, lookup_accounts(ids, npayees + 1));
 	SPI_finish();
 	PG_RETURN_INT64(event_id);
+}
+
+/* Error context naming the element of a batch being checked. */
+static void
+batch_element_context(void *arg)
+{
+	int			element = *(int *) arg;
+
+	if (element > 0)
+		errcontext("transfer %d of the batch", element);
+}
+
+/* An idempotency key of a batch, and the event that holds it. */
+typedef struct ClaimedKey
+{
+	char		key[LEDGER_MAX_KEY_LENGTH + 1];
+	int64		event_id;
+} ClaimedKey;
+
+/*
+ * Claim the idempotency keys of a batch.  keys[i] is NULL for an element
+ * without one; ids[i] is the id reserved for the element, replaced by the
+ * id of the event that first used its key when that was another one.
+ * Returns, for each element, whether it is new and so must be queued.
+ */
+static bool *
+claim_idempotency_keys(text **keys, int64 *ids, int n)
+{
+	static SPIPlanPtr insert_plan = NULL;
+	static SPIPlanPtr select_plan = NULL;
+	Oid			argtypes[2] = {TEXTARRAYOID, INT8ARRAYOID};
+	Datum	   *key_datums = palloc(sizeof(Datum) * n);
+	int64	   *key_ids = palloc(sizeof(int64) * n);
+	bool	   *is_new = palloc(sizeof(bool) * n);
+	Datum		args[2];
+	HTAB	   *claimed;
+	HASHCTL		ctl;
+	int			nkeys = 0;
+	uint64		row;
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		is_new[i] = true;
+		if (keys[i] == NULL)
+			continue;
+		key_datums[nkeys] = PointerGetDatum(keys[i]);
+		key_ids[nkeys] = ids[i];
+		nkeys++;
+	}
+	if (nkeys == 0)
+		return is_new;
+
+	/* of elements sharing a key, the first claims it; the rest conflict */
+	prepare_plan(&insert_plan,
+				 "INSERT INTO ledger.idempotency (key, event_id)"
+				 " SELECT u.key, u.event_id FROM unnest($1, $2) AS u(key, event_id)"
+				 " ON CONFLICT (key) DO NOTHING",
+				 2, argtypes);
+	args[0] = PointerGetDatum(construct_array(key_datums, nkeys, TEXTOID, -1,
+											  false, TYPALIGN_INT));
+	args[1] = bigint_array(key_ids, nkeys);
+	if (SPI_execute_plan(insert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record idempotency keys");
+
+	prepare_plan(&select_plan,
+				 "SELECT i.key, i.event_id FROM ledger.idempotency i"
+				 " WHERE i.key = ANY ($1)",
+				 1, argtypes);
+	if (SPI_execute_plan(select_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read idempotency keys");
+
+	ctl.keysize = sizeof(((ClaimedKey *) NULL)->key);
+	ctl.entrysize = sizeof(ClaimedKey);
+	ctl.hcxt = CurrentMemoryContext;
+	claimed = hash_create("ledger idempotency keys", Max(SPI_processed, 16),
+						  &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	for (row = 0; row < SPI_processed; row++)
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[row];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		ClaimedKey *entry;
+		bool		isnull;
+
+		entry = hash_search(claimed, SPI_getvalue(tuple, desc, 1), HASH_ENTER, NULL);
+		entry->event_id = DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull));
+	}
+
+	for (i = 0; i < n; i++)
+	{
+		ClaimedKey *entry;
+
+		if (keys[i] == NULL)
+			continue;
+		entry = hash_search(claimed, text_to_cstring(keys[i]), HASH_FIND, NULL);
+		if (entry == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not read the event of an idempotency key in use"),
+					 errhint("Retry the call.")));
+		if (entry->event_id != ids[i])
+		{
+			ids[i] = entry->event_id;
+			is_new[i] = false;
+		}
+	}
+	return is_new;
+}
+
+/*
+ * ledger_transfer_many(from_accounts[], to_accounts[], amounts[],
+ * idempotency_keys[]) - enqueue many transfers in one call, each under the
+ * rules of ledger_transfer(); return their event ids in order.  One bad
+ * element fails the whole call, naming the element.
+ */
+PG_FUNCTION_INFO_V1(ledger_transfer_many);
+Datum
+ledger_transfer_many(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr queue_plan = NULL;
+	Oid			argtypes[5] = {INT4ARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
+	INT8ARRAYOID, INT8ARRAYOID};
+	ErrorContextCallback errcallback;
+	int64	   *from;
+	int64	   *to;
+	int64	   *amounts;
+	text	  **keys;
+	int64	   *ids;
+	int64	   *accounts;
+	int		   *account_buckets;
+	bool	   *is_new;
+	Datum	   *columns[5];
+	Datum		args[5];
+	int			n;
+	int			nto;
+	int			namounts;
+	int			naccounts;
+	int			nqueued;
+	int			element = 0;
+	Oid			seq;
+	int			i;
+
+	require_arg(fcinfo, 0, "from_accounts");
+	require_arg(fcinfo, 1, "to_accounts");
+	require_arg(fcinfo, 2, "amounts");
+	from = get_bigint_array(PG_GETARG_ARRAYTYPE_P(0), "from_accounts", &n);
+	to = get_bigint_array(PG_GETARG_ARRAYTYPE_P(1), "to_accounts", &nto);
+	amounts = get_bigint_array(PG_GETARG_ARRAYTYPE_P(2), "amounts", &namounts);
+	if (nto != n || namounts != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("from_accounts, to_accounts and amounts must have the same length"),
+				 errdetail("They have %d, %d and %d elements.", n, nto, namounts)));
+	keys = palloc0(sizeof(text *) * Max(n, 1));
+	if (!PG_ARGISNULL(3))
+	{
+		ArrayType  *key_array = PG_GETARG_ARRAYTYPE_P(3);
+		Datum	   *elems;
+		bool	   *nulls;
+		int			nkeys;
+
+		if (ARR_NDIM(key_array) > 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("idempotency_keys must be a one-dimensional array")));
+		deconstruct_array(key_array, TEXTOID, -1, false, TYPALIGN_INT,
+						  &elems, &nulls, &nkeys);
+		if (nkeys != n)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("idempotency_keys must have one element per transfer"),
+					 errdetail("There are %d transfers and %d keys.", n, nkeys)));
+		for (i = 0; i < n; i++)
+			keys[i] = nulls[i] ? NULL : DatumGetTextPP(elems[i]);
+	}
+	if (n == 0)
+		PG_RETURN_ARRAYTYPE_P(construct_empty_array(INT8OID));
+
+	/* errors about one element name it */
+	errcallback.callback = batch_element_context;
+	errcallback.arg = &element;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	for (i = 0; i < n; i++)
+	{
+		element = i + 1;
+		check_transfer(from[i], to[i], amounts[i]);
+		if (keys[i])
+			check_key_length(keys[i]);
+	}
+
+	/* every account involved, once and sorted, and its bucket */
+	accounts = palloc(sizeof(int64) * 2 * n);
+	memcpy(accounts, from, sizeof(int64) * n);
+	memcpy(accounts + n, to, sizeof(int64) * n);
+	qsort(accounts, 2 * n, sizeof(int64), cmp_int64);
+	naccounts = 0;
+	for (i = 0; i < 2 * n; i++)
+		if (naccounts == 0 || accounts[naccounts - 1] != accounts[i])
+			accounts[naccounts++] = accounts[i];
+	account_buckets = palloc(sizeof(int) * naccounts);
+
+	SPI_connect();
+	lookup_buckets(accounts, naccounts, account_buckets);
+
+	/* ids in call order, so that the transfers apply in that order */
+	seq = get_relname_relid("event_id_seq", get_namespace_oid("ledger", false));
+	ids = palloc(sizeof(int64) * n);
+	for (i = 0; i < n; i++)
+		ids[i] = nextval_internal(seq, false);
+	is_new = claim_idempotency_keys(keys, ids, n);
+
+	for (i = 0; i < 5; i++)
+		columns[i] = palloc(sizeof(Datum) * n);
+	nqueued = 0;
+	for (i = 0; i < n; i++)
+	{
+		int			bucket;
+
+		element = i + 1;
+		bucket = bucket_of(from[i], accounts, account_buckets, naccounts);
+		(void) bucket_of(to[i], accounts, account_buckets, naccounts);
+		if (!is_new[i])
+			continue;
+		columns[0][nqueued] = Int32GetDatum(bucket);
+		columns[1][nqueued] = Int64GetDatum(ids[i]);
+		columns[2][nqueued] = Int64GetDatum(from[i]);
+		columns[3][nqueued] = Int64GetDatum(to[i]);
+		columns[4][nqueued] = Int64GetDatum(amounts[i]);
+		nqueued++;
+		ledger_wake_at_commit(bucket);
+	}
+	element = 0;
+
+	if (nqueued > 0)
+	{
+		prepare_plan(&queue_plan,
+					 "INSERT INTO ledger.queue (bucket, id, kind, account_id,"
+					 " to_account, amount, enqueued_at)"
+					 " SELECT u.bucket, u.id, 't', u.account_id, u.to_account,"
+					 "        u.amount, statement_timestamp()"
+					 "   FROM unnest($1, $2, $3, $4, $5)"
+					 "        AS u(bucket, id, account_id, to_account, amount)",
+					 5, argtypes);
+		args[0] = PointerGetDatum(construct_array(columns[0], nqueued, INT4OID, 4,
+												  true, TYPALIGN_INT));
+		for (i = 1; i < 5; i++)
+			args[i] = PointerGetDatum(construct_array(columns[i], nqueued, INT8OID, 8,
+													  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		if (SPI_execute_plan(queue_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not enqueue transfers");
+	}
+	SPI_finish();
+	error_context_stack = errcallback.previous;
+
+	PG_RETURN_DATUM(bigint_array(ids, n));
 }
