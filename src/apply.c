@@ -47,7 +47,7 @@ typedef struct AccountState
 	int64		balance;
 	int64		last_txn_id;	/* its newest leg, or 0 */
 	int64		bp_balance;		/* balance at its newest breakpoint */
-	int64		bp_first_txn_id;	/* first leg after that breakpoint, or 0 */
+	int64		bp_first_txn_id;	/* first leg id the next breakpoint covers */
 	int32		legs_since_bp;
 } AccountState;
 
@@ -379,13 +379,13 @@ want_account(Column *ids, int64 account_id)
 
 /*
  * Load into the cache the accounts of the batch that it does not hold yet:
- * their flags, newest leg, newest breakpoint and the legs since it.
+ * their flags, newest leg and newest breakpoint.
  */
 static void
 load_accounts(QueuedEvent *events, int nevents, int bucket)
 {
-	Oid			argtypes[2] = {INT8ARRAYOID, INT4OID};
-	Datum		args[2];
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	Datum		args[1];
 	Column		ids = {0};
 	uint64		i;
 	int			e;
@@ -403,7 +403,7 @@ load_accounts(QueuedEvent *events, int nevents, int bucket)
 
 	prepare_plan(&load_plan,
 				 "SELECT a.id, a.bucket, a.allow_negative,"
-				 "       t.id, t.balance_after, b.current_balance, s.first, s.n"
+				 "       t.id, t.balance_after, b.last_txn_id, b.current_balance"
 				 "  FROM ledger.accounts a"
 				 "  LEFT JOIN LATERAL"
 				 "       (SELECT t.id, t.balance_after FROM ledger.transactions t"
@@ -413,16 +413,9 @@ load_accounts(QueuedEvent *events, int nevents, int bucket)
 				 "       (SELECT b.last_txn_id, b.current_balance FROM ledger.breakpoints b"
 				 "         WHERE b.account_id = a.id"
 				 "         ORDER BY b.last_txn_id DESC LIMIT 1) b ON true"
-				 "  LEFT JOIN LATERAL"
-				 "       (SELECT min(l.id) AS first, count(*) AS n"
-				 "          FROM (SELECT l.id FROM ledger.transactions l"
-				 "                 WHERE l.account_id = a.id"
-				 "                   AND l.id > COALESCE(b.last_txn_id, 0)"
-				 "                 ORDER BY l.id LIMIT $2) l) s ON true"
 				 " WHERE a.id = ANY ($1)",
-				 2, argtypes);
+				 1, argtypes);
 	args[0] = column_array(&ids, INT8OID);
-	args[1] = Int32GetDatum(ledger_breakpoint_interval);
 	if (SPI_execute_plan(load_plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not load accounts");
 
@@ -445,10 +438,16 @@ load_accounts(QueuedEvent *events, int nevents, int bucket)
 		value = SPI_getbinval(row, desc, 5, &isnull);
 		acct->balance = isnull ? 0 : DatumGetInt64(value);
 		value = SPI_getbinval(row, desc, 6, &isnull);
-		acct->bp_balance = isnull ? 0 : DatumGetInt64(value);
+		acct->bp_first_txn_id = isnull ? 1 : DatumGetInt64(value) + 1;
 		value = SPI_getbinval(row, desc, 7, &isnull);
-		acct->bp_first_txn_id = isnull ? 0 : DatumGetInt64(value);
-		acct->legs_since_bp = (int32) DatumGetInt64(SPI_getbinval(row, desc, 8, &isnull));
+		acct->bp_balance = isnull ? 0 : DatumGetInt64(value);
+
+		/*
+		 * Count the legs since the breakpoint from here on: after a restart
+		 * the next breakpoint of an account may cover up to twice the
+		 * interval, which keeps loading an account to two index probes.
+		 */
+		acct->legs_since_bp = 0;
 	}
 }
 
@@ -504,8 +503,6 @@ post_leg(BatchOutput *out, AccountState *acct, int64 event_id, int64 amount)
 	Assert(acct->owned);
 	acct->balance += amount;
 	acct->last_txn_id = txn_id;
-	if (acct->bp_first_txn_id == 0)
-		acct->bp_first_txn_id = txn_id;
 	acct->legs_since_bp++;
 
 	column_add(&out->leg_id, Int64GetDatum(txn_id), false);
@@ -522,7 +519,7 @@ post_leg(BatchOutput *out, AccountState *acct, int64 event_id, int64 amount)
 		column_add(&out->bp_first, Int64GetDatum(acct->bp_first_txn_id), false);
 		column_add(&out->bp_last, Int64GetDatum(txn_id), false);
 		acct->bp_balance = acct->balance;
-		acct->bp_first_txn_id = 0;
+		acct->bp_first_txn_id = txn_id + 1;
 		acct->legs_since_bp = 0;
 	}
 }
