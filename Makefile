@@ -11,7 +11,7 @@ PG_CFLAGS = -Werror -Wall -Wmissing-prototypes
 override CONTRIB_TESTDB = ledger_regress
 override ISOLATION_TESTDB = ledger_regress
 
-REGRESS = api
+REGRESS = api errors rejections buckets breakpoints verify security
 REGRESS_OPTS = --inputdir=test --outputdir=test \
 	--temp-config=test/ledger.conf --temp-instance=test/tmp_check
 
