@@ -15,6 +15,14 @@ REGRESS = api errors rejections buckets breakpoints verify security
 REGRESS_OPTS = --inputdir=test --outputdir=test \
 	--temp-config=test/ledger.conf --temp-instance=test/tmp_check
 
+ISOLATION = idempotency_race out_of_order_commit rollback_enqueue \
+	drain_one_account consistent_reads
+ISOLATION_OPTS = --inputdir=test --outputdir=output_iso \
+	--temp-config=test/ledger.conf --temp-instance=test/tmp_check_iso
+
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -23,3 +31,7 @@ include $(PGXS)
 .PHONY: installcheck-regress installcheck-isolation installcheck-tap
 installcheck-regress:
 	$(pg_regress_installcheck) $(REGRESS_OPTS) $(REGRESS)
+installcheck-isolation:
+	$(pg_isolation_regress_installcheck) $(ISOLATION_OPTS) $(ISOLATION)
+installcheck-tap:
+	$(prove_installcheck)
