@@ -34,10 +34,17 @@ CREATE TABLE ledger.accounts (
  * legs.  A cross-bucket credit is queued here too, in the payee's bucket,
  * under the id of the event it completes (kind 'c').
  *
+ * A bucket's worker applies its entries in seq order: an event's seq is its
+ * id, a credit's is drawn when the credit is queued.  Both come from
+ * ledger.event_id_seq, drawn only after the drawing transaction has an xid,
+ * which is what lets the worker know when no entry below some seq can still
+ * appear (see apply.c).
+ *
  * kind: 'd' deposit, 'w' withdraw, 't' transfer, 's' disburse, 'c' credit.
  */
 CREATE TABLE ledger.queue (
 	bucket			integer NOT NULL,
+	seq				bigint NOT NULL,
 	id				bigint NOT NULL,
 	kind			"char" NOT NULL,
 	account_id		bigint NOT NULL,
@@ -46,7 +53,7 @@ CREATE TABLE ledger.queue (
 	to_accounts		bigint[],
 	amounts			bigint[],
 	enqueued_at		timestamptz NOT NULL,
-	PRIMARY KEY (bucket, id)
+	PRIMARY KEY (bucket, seq)
 );
 -- status look-ups find an event's queue entries by id alone
 CREATE INDEX ON ledger.queue (id);
@@ -305,12 +312,36 @@ AS $$
 		OR b.amount_difference::numeric <> b.current_balance::numeric - b.previous_balance
 	UNION ALL
 	-- every applied event's legs, with its credits in flight, sum to zero
-	SELECT 'event_sum', NULL, e.id, 0, (COALESCE(s.total, 0) - COALESCE(f.amount, 0))::bigint
+	SELECT 'event_sum', NULL, e.id, 0, (COALESCE(s.total, 0) + COALESCE(f.amount, 0))::bigint
 	  FROM ledger.events e
 	  LEFT JOIN (SELECT l.event_id, sum(l.amount::numeric) AS total
 				   FROM ledger.transactions l GROUP BY l.event_id) s ON s.event_id = e.id
 	  LEFT JOIN in_flight f ON f.event_id = e.id
-	 WHERE e.status = 'a' AND COALESCE(s.total, 0) - COALESCE(f.amount, 0) <> 0
+	 WHERE e.status = 'a' AND COALESCE(s.total, 0) + COALESCE(f.amount, 0) <> 0
+	UNION ALL
+	-- the legs of each event, posted or in flight, are exactly the ones it
+	-- names (the external accounts' legs are checked by event_sum)
+	SELECT 'leg_mismatch', COALESCE(x.account_id, y.account_id),
+		   COALESCE(x.event_id, y.event_id), x.amount, y.amount
+	  FROM (SELECT e.id AS event_id, e.account_id,
+				   CASE e.kind WHEN 'd' THEN e.amount ELSE -e.amount END AS amount
+			  FROM ledger.events e WHERE e.status = 'a'
+			UNION ALL
+			SELECT e.id, e.to_account, e.amount
+			  FROM ledger.events e WHERE e.status = 'a' AND e.kind = 't'
+			UNION ALL
+			SELECT e.id, p.account_id, p.amount
+			  FROM ledger.events e, unnest(e.to_accounts, e.amounts) AS p(account_id, amount)
+			 WHERE e.status = 'a' AND e.kind = 's') x
+	  FULL JOIN
+		   (SELECT l.event_id, l.account_id, l.amount
+			  FROM ledger.transactions l WHERE l.account_id > 0
+			UNION ALL
+			SELECT q.id, p.account_id, p.amount
+			  FROM ledger.queue q, unnest(q.to_accounts, q.amounts) AS p(account_id, amount)
+			 WHERE q.kind = 'c') y
+		ON y.event_id = x.event_id AND y.account_id = x.account_id AND y.amount = x.amount
+	 WHERE x.event_id IS NULL OR y.event_id IS NULL
 	UNION ALL
 	-- a rejected event posts nothing
 	SELECT 'rejected_with_legs', NULL, e.id, 0, count(*)

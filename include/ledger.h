@@ -13,7 +13,9 @@
 #ifndef LEDGER_H
 #define LEDGER_H
 
+#include "executor/tuptable.h"
 #include "storage/condition_variable.h"
+#include "storage/itemptr.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
 
@@ -74,9 +76,17 @@ extern void ledger_announce_batch(void);
 /* worker.c */
 extern PGDLLEXPORT void ledger_worker_main(Datum main_arg);
 
+/* bulk.c */
+typedef struct BulkInsert BulkInsert;
+extern BulkInsert *ledger_bulk_begin(Oid relid);
+extern TupleTableSlot *ledger_bulk_next_slot(BulkInsert *bulk);
+extern void ledger_bulk_add_row(BulkInsert *bulk, TupleTableSlot *slot);
+extern void ledger_bulk_end(BulkInsert *bulk);
+extern void ledger_bulk_delete(Oid relid, ItemPointerData *tids, int ntids);
+
 /* apply.c */
-extern bool ledger_apply_ready(int worker, const int **buckets, int *nbuckets);
-extern int	ledger_apply_batch(int bucket, int batch_size);
+extern bool ledger_apply_ready(int worker, int *nbuckets);
+extern int	ledger_apply_batch(int index, int batch_size);
 extern void ledger_apply_reset(void);
 
 #endif							/* LEDGER_H */

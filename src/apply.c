@@ -3,13 +3,13 @@
  * apply.c
  *	  Applying one batch of a bucket's queued events.
  *
- * A batch is applied in the worker's current transaction with a handful of
- * set-based statements: one reads the oldest queued events of the bucket,
- * one loads the accounts this worker has not seen yet, and four write the
- * outcome (events moved out of the queue, legs, credits for other buckets,
- * breakpoints).  The decisions in between are made here, in C, one event at
- * a time in id order, because each depends on the balances the previous
- * ones left.
+ * A batch is applied in the worker's current transaction.  One statement
+ * reads the oldest queued events of the bucket, another loads the accounts
+ * this worker has not seen yet; then the events are decided here, in C, one
+ * at a time in id order, because each depends on the balances the previous
+ * ones left.  The outcome is written straight to the heap (bulk.c): the
+ * events' rows, their legs, credits for other buckets and breakpoints, and
+ * the applied entries deleted from the queue.
  *
  * Balances come from a cache of account state kept across batches.  It can
  * be trusted because every leg of an account is written by the worker of the
@@ -22,6 +22,9 @@
  */
 #include "postgres.h"
 
+#include "access/table.h"
+#include "access/transam.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
@@ -34,8 +37,60 @@
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "ledger.h"
+
+/*
+ * The columns of the tables a batch writes, in order: rows are built for
+ * them column by column.  Checked against the catalog once per
+ * installation, so that a library and a schema that disagree stop the
+ * worker instead of writing garbage.
+ */
+enum
+{
+	QUEUE_BUCKET, QUEUE_SEQ, QUEUE_ID, QUEUE_KIND, QUEUE_ACCOUNT_ID, QUEUE_TO_ACCOUNT,
+	QUEUE_AMOUNT, QUEUE_TO_ACCOUNTS, QUEUE_AMOUNTS, QUEUE_ENQUEUED_AT,
+	QUEUE_NATTS
+};
+static const char *const queue_columns[] = {
+	"bucket", "seq", "id", "kind", "account_id", "to_account", "amount",
+	"to_accounts", "amounts", "enqueued_at"
+};
+
+enum
+{
+	EVENTS_ID, EVENTS_KIND, EVENTS_ACCOUNT_ID, EVENTS_TO_ACCOUNT, EVENTS_AMOUNT,
+	EVENTS_TO_ACCOUNTS, EVENTS_AMOUNTS, EVENTS_STATUS, EVENTS_REASON,
+	EVENTS_ENQUEUED_AT, EVENTS_APPLIED_AT, EVENTS_NATTS
+};
+static const char *const events_columns[] = {
+	"id", "kind", "account_id", "to_account", "amount", "to_accounts",
+	"amounts", "status", "reason", "enqueued_at", "applied_at"
+};
+
+enum
+{
+	TRANSACTIONS_ID, TRANSACTIONS_ACCOUNT_ID, TRANSACTIONS_EVENT_ID,
+	TRANSACTIONS_AMOUNT, TRANSACTIONS_BALANCE_AFTER, TRANSACTIONS_CREATED_AT,
+	TRANSACTIONS_NATTS
+};
+static const char *const transactions_columns[] = {
+	"id", "account_id", "event_id", "amount", "balance_after", "created_at"
+};
+
+enum
+{
+	BREAKPOINTS_ACCOUNT_ID, BREAKPOINTS_PREVIOUS_BALANCE,
+	BREAKPOINTS_CURRENT_BALANCE, BREAKPOINTS_AMOUNT_DIFFERENCE,
+	BREAKPOINTS_FIRST_TXN_ID, BREAKPOINTS_LAST_TXN_ID, BREAKPOINTS_CREATED_AT,
+	BREAKPOINTS_NATTS
+};
+static const char *const breakpoints_columns[] = {
+	"account_id", "previous_balance", "current_balance", "amount_difference",
+	"first_txn_id", "last_txn_id", "created_at"
+};
 
 /* What this worker knows of an account. */
 typedef struct AccountState
@@ -55,6 +110,7 @@ typedef struct AccountState
 typedef struct QueuedEvent
 {
 	ItemPointerData ctid;
+	int64		seq;
 	int64		id;
 	char		kind;
 	int64		account_id;
@@ -62,60 +118,62 @@ typedef struct QueuedEvent
 	int			npayees;		/* transfers, disbursements and credits */
 	int64	   *payees;
 	int64	   *amounts;
+	/* the queue row's columns, copied as they are into ledger.events */
+	Datum		row[QUEUE_NATTS];
+	bool		row_isnull[QUEUE_NATTS];
 } QueuedEvent;
 
-/* A growable column of a batch's output, passed to SQL as an array. */
-typedef struct Column
-{
-	Datum	   *values;
-	bool	   *nulls;
-	int			n;
-	int			size;
-} Column;
-
-/* What one batch writes. */
+/* Where a batch's rows go. */
 typedef struct BatchOutput
 {
-	/* outcomes of the events applied or rejected */
-	Column		done_ctid;
-	Column		event_id;
-	Column		event_status;
-	Column		event_reason;
-	/* legs */
-	Column		leg_id;
-	Column		leg_account;
-	Column		leg_event;
-	Column		leg_amount;
-	Column		leg_balance;
-	/* credit legs for other buckets, one row per payee */
-	Column		credit_bucket;
-	Column		credit_event;
-	Column		credit_payer;
-	Column		credit_payee;
-	Column		credit_amount;
-	/* breakpoints */
-	Column		bp_account;
-	Column		bp_previous;
-	Column		bp_current;
-	Column		bp_first;
-	Column		bp_last;
+	BulkInsert *events;
+	BulkInsert *legs;
+	BulkInsert *credits;
+	BulkInsert *breakpoints;
+	ItemPointerData *done;		/* queue entries to delete */
+	int			ndone;
+	TimestampTz now;
 } BatchOutput;
 
 static HTAB *account_cache = NULL;
 static Oid	ledger_extension_oid = InvalidOid;
 static Oid	transaction_seq_oid = InvalidOid;
+static Oid	event_seq_oid = InvalidOid;
+static Oid	queue_oid = InvalidOid;
+static Oid	events_oid = InvalidOid;
+static Oid	transactions_oid = InvalidOid;
+static Oid	breakpoints_oid = InvalidOid;
 static int	my_worker = -1;
 
-/* The buckets this worker serves: its own, and any left from a larger setting. */
-static int	served_buckets[LEDGER_MAX_BUCKETS * 4];
+/*
+ * The buckets this worker serves: its own, and any left from a larger
+ * setting, each with its low-water mark.
+ *
+ * A bucket's queue is read in seq order from the low-water mark up: every
+ * entry below it was applied and none can appear any more.  Without it each
+ * read would step over the index entries of all the entries applied since
+ * the queue was last vacuumed.  The mark cannot simply follow the entries
+ * applied, because a transaction may draw seq 10, and commit after seq 11
+ * was applied.  So the worker notes the sequence's last value S and the next
+ * xid X; every transaction that drew a seq up to S had its xid already (the
+ * enqueue functions make sure of it), so it is below X.  Once a snapshot's
+ * xmin reaches X, all of those transactions have ended, their entries are
+ * visible or will never be, and when the entries up to S visible then are
+ * applied the mark moves to S + 1.
+ */
+typedef struct BucketState
+{
+	int			bucket;
+	int64		low_water;		/* every seq below it is done */
+	int64		mark_seq;		/* S, or 0 when not noted */
+	TransactionId mark_xid;		/* X */
+} BucketState;
+
+static BucketState served_buckets[LEDGER_MAX_BUCKETS * 4];
 static int	nserved_buckets = 0;
 
 static SPIPlanPtr fetch_plan = NULL;
 static SPIPlanPtr load_plan = NULL;
-static SPIPlanPtr done_plan = NULL;
-static SPIPlanPtr legs_plan = NULL;
-static SPIPlanPtr credits_plan = NULL;
-static SPIPlanPtr breakpoints_plan = NULL;
 
 static SPIPlanPtr
 prepare_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
@@ -155,10 +213,37 @@ ledger_apply_reset(void)
 	ledger_extension_oid = InvalidOid;
 	free_plan(&fetch_plan);
 	free_plan(&load_plan);
-	free_plan(&done_plan);
-	free_plan(&legs_plan);
-	free_plan(&credits_plan);
-	free_plan(&breakpoints_plan);
+}
+
+/* The OID of a relation of schema ledger, whose columns must be these. */
+static Oid
+ledger_relation(const char *name, const char *const *columns, int ncolumns)
+{
+	Oid			relid = get_relname_relid(name, get_namespace_oid("ledger", false));
+	Relation	rel;
+	TupleDesc	desc;
+	int			i;
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "relation ledger.%s does not exist", name);
+	if (columns == NULL)
+		return relid;
+
+	rel = table_open(relid, AccessShareLock);
+	desc = RelationGetDescr(rel);
+	for (i = 0; i < desc->natts || i < ncolumns; i++)
+	{
+		if (i >= desc->natts || i >= ncolumns ||
+			TupleDescAttr(desc, i)->attisdropped ||
+			strcmp(NameStr(TupleDescAttr(desc, i)->attname), columns[i]) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table ledger.%s does not have the columns this version of the ledger library writes",
+							name),
+					 errhint("Update the extension with ALTER EXTENSION ledger UPDATE.")));
+	}
+	table_close(rel, AccessShareLock);
+	return relid;
 }
 
 /*
@@ -190,30 +275,31 @@ setup_buckets(void)
 	{
 		bool		isnull;
 
-		served_buckets[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
-														SPI_tuptable->tupdesc,
-														1, &isnull));
+		memset(&served_buckets[i], 0, sizeof(BucketState));
+		served_buckets[i].bucket = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+															   SPI_tuptable->tupdesc,
+															   1, &isnull));
 	}
 
 	for (i = 0; i < nserved_buckets; i++)
 	{
-		args[0] = Int32GetDatum(served_buckets[i]);
+		args[0] = Int32GetDatum(served_buckets[i].bucket);
 		if (SPI_execute_with_args("INSERT INTO ledger.accounts (id, allow_negative, bucket)"
 								  " VALUES (-1 - $1::bigint, true, $1)"
 								  " ON CONFLICT (id) DO NOTHING",
 								  1, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not create the external account of bucket %d",
-				 served_buckets[i]);
+				 served_buckets[i].bucket);
 	}
 }
 
 /*
- * Is the extension installed in this database?  If so, return the buckets
- * this worker serves.  Resets the cache when the extension is not the
- * installation seen last.  Called inside SPI, in a transaction.
+ * Is the extension installed in this database?  If so, return how many
+ * buckets this worker serves.  Resets the cache when the extension is not
+ * the installation seen last.  Called inside SPI, in a transaction.
  */
 bool
-ledger_apply_ready(int worker, const int **buckets, int *nbuckets)
+ledger_apply_ready(int worker, int *nbuckets)
 {
 	Oid			extension_oid = get_extension_oid("ledger", true);
 
@@ -232,57 +318,19 @@ ledger_apply_ready(int worker, const int **buckets, int *nbuckets)
 		ctl.hcxt = TopMemoryContext;
 		account_cache = hash_create("ledger account cache", 4096, &ctl,
 									HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		transaction_seq_oid =
-			get_relname_relid("transaction_id_seq",
-							  get_namespace_oid("ledger", false));
-		if (!OidIsValid(transaction_seq_oid))
-			elog(ERROR, "sequence ledger.transaction_id_seq does not exist");
+		transaction_seq_oid = ledger_relation("transaction_id_seq", NULL, 0);
+		event_seq_oid = ledger_relation("event_id_seq", NULL, 0);
+		queue_oid = ledger_relation("queue", queue_columns, QUEUE_NATTS);
+		events_oid = ledger_relation("events", events_columns, EVENTS_NATTS);
+		transactions_oid = ledger_relation("transactions", transactions_columns,
+										   TRANSACTIONS_NATTS);
+		breakpoints_oid = ledger_relation("breakpoints", breakpoints_columns,
+										  BREAKPOINTS_NATTS);
 		setup_buckets();
 		ledger_extension_oid = extension_oid;
 	}
-	*buckets = served_buckets;
 	*nbuckets = nserved_buckets;
 	return true;
-}
-
-/* Columns */
-
-static void
-column_add(Column *c, Datum value, bool isnull)
-{
-	if (c->n == c->size)
-	{
-		c->size = Max(64, c->size * 2);
-		if (c->values == NULL)
-		{
-			c->values = palloc(sizeof(Datum) * c->size);
-			c->nulls = palloc(sizeof(bool) * c->size);
-		}
-		else
-		{
-			c->values = repalloc(c->values, sizeof(Datum) * c->size);
-			c->nulls = repalloc(c->nulls, sizeof(bool) * c->size);
-		}
-	}
-	c->values[c->n] = value;
-	c->nulls[c->n] = isnull;
-	c->n++;
-}
-
-static Datum
-column_array(Column *c, Oid elemtype)
-{
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-	int			dims[1];
-	int			lbs[1] = {1};
-
-	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
-	dims[0] = c->n;
-	return PointerGetDatum(construct_md_array(c->values, c->nulls, 1, dims, lbs,
-											  elemtype, typlen, typbyval,
-											  typalign));
 }
 
 /* Reading the batch */
@@ -304,41 +352,47 @@ bigint_array_values(Datum array, int *n)
 }
 
 static QueuedEvent *
-fetch_batch(int bucket, int batch_size, int *nevents)
+fetch_batch(BucketState *b, int batch_size, int *nevents)
 {
-	Oid			argtypes[2] = {INT4OID, INT4OID};
-	Datum		args[2];
+	Oid			argtypes[3] = {INT4OID, INT8OID, INT4OID};
+	Datum		args[3];
 	QueuedEvent *events;
 	uint64		i;
 
 	prepare_plan(&fetch_plan,
-				 "SELECT q.ctid, q.id, q.kind, q.account_id, q.to_account,"
-				 "       q.amount, q.to_accounts, q.amounts"
-				 "  FROM ledger.queue q"
-				 " WHERE q.bucket = $1"
-				 " ORDER BY q.id"
-				 " LIMIT $2",
-				 2, argtypes);
-	args[0] = Int32GetDatum(bucket);
-	args[1] = Int32GetDatum(batch_size);
+				 "SELECT q.ctid, q.* FROM ledger.queue q"
+				 " WHERE q.bucket = $1 AND q.seq >= $2"
+				 " ORDER BY q.seq"
+				 " LIMIT $3",
+				 3, argtypes);
+	args[0] = Int32GetDatum(b->bucket);
+	args[1] = Int64GetDatum(b->low_water);
+	args[2] = Int32GetDatum(batch_size);
 	if (SPI_execute_plan(fetch_plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the queue of bucket %d", bucket);
+		elog(ERROR, "could not read the queue of bucket %d", b->bucket);
 
 	*nevents = (int) SPI_processed;
 	events = palloc0(sizeof(QueuedEvent) * Max(SPI_processed, 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	row = SPI_tuptable->vals[i];
+		HeapTuple	tuple = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		QueuedEvent *ev = &events[i];
-		bool		isnull;
-		Datum		value;
+		Datum	   *row = ev->row;
+		bool	   *isnull = ev->row_isnull;
+		bool		ctid_isnull;
+		int			col;
 
-		ev->ctid = *(ItemPointer) DatumGetPointer(SPI_getbinval(row, desc, 1, &isnull));
-		ev->id = DatumGetInt64(SPI_getbinval(row, desc, 2, &isnull));
-		ev->kind = DatumGetChar(SPI_getbinval(row, desc, 3, &isnull));
-		ev->account_id = DatumGetInt64(SPI_getbinval(row, desc, 4, &isnull));
-		ev->amount = DatumGetInt64(SPI_getbinval(row, desc, 6, &isnull));
+		/* column 1 is the ctid, then the queue's own columns */
+		ev->ctid = *(ItemPointer) DatumGetPointer(SPI_getbinval(tuple, desc, 1, &ctid_isnull));
+		for (col = 0; col < QUEUE_NATTS; col++)
+			row[col] = SPI_getbinval(tuple, desc, col + 2, &isnull[col]);
+
+		ev->seq = DatumGetInt64(row[QUEUE_SEQ]);
+		ev->id = DatumGetInt64(row[QUEUE_ID]);
+		ev->kind = DatumGetChar(row[QUEUE_KIND]);
+		ev->account_id = DatumGetInt64(row[QUEUE_ACCOUNT_ID]);
+		ev->amount = DatumGetInt64(row[QUEUE_AMOUNT]);
 
 		if (ev->kind == LEDGER_TRANSFER)
 		{
@@ -346,17 +400,15 @@ fetch_batch(int bucket, int batch_size, int *nevents)
 			ev->npayees = 1;
 			ev->payees = palloc(sizeof(int64));
 			ev->amounts = palloc(sizeof(int64));
-			ev->payees[0] = DatumGetInt64(SPI_getbinval(row, desc, 5, &isnull));
+			ev->payees[0] = DatumGetInt64(row[QUEUE_TO_ACCOUNT]);
 			ev->amounts[0] = ev->amount;
 		}
 		else if (ev->kind == LEDGER_DISBURSE || ev->kind == LEDGER_CREDIT)
 		{
 			int			namounts;
 
-			value = SPI_getbinval(row, desc, 7, &isnull);
-			ev->payees = bigint_array_values(value, &ev->npayees);
-			value = SPI_getbinval(row, desc, 8, &isnull);
-			ev->amounts = bigint_array_values(value, &namounts);
+			ev->payees = bigint_array_values(row[QUEUE_TO_ACCOUNTS], &ev->npayees);
+			ev->amounts = bigint_array_values(row[QUEUE_AMOUNTS], &namounts);
 			if (namounts != ev->npayees)
 				elog(ERROR, "event " INT64_FORMAT " has %d payees and %d amounts",
 					 ev->id, ev->npayees, namounts);
@@ -367,14 +419,17 @@ fetch_batch(int bucket, int batch_size, int *nevents)
 
 /* Accounts */
 
-static void
-want_account(Column *ids, int64 account_id)
+static AccountState *
+find_account(int64 account_id)
 {
-	bool		found;
+	return hash_search(account_cache, &account_id, HASH_FIND, NULL);
+}
 
-	(void) hash_search(account_cache, &account_id, HASH_FIND, &found);
-	if (!found)
-		column_add(ids, Int64GetDatum(account_id), false);
+static void
+want_account(Datum *ids, int *nids, int64 account_id)
+{
+	if (find_account(account_id) == NULL)
+		ids[(*nids)++] = Int64GetDatum(account_id);
 }
 
 /*
@@ -384,21 +439,27 @@ want_account(Column *ids, int64 account_id)
 static void
 load_accounts(QueuedEvent *events, int nevents, int bucket)
 {
-	Oid			argtypes[1] = {INT8ARRAYOID};
-	Datum		args[1];
-	Column		ids = {0};
+	Oid			argtype = INT8ARRAYOID;
+	Datum		arg;
+	Datum	   *ids;
+	int			nids = 0;
+	int			maxids = 1;
 	uint64		i;
 	int			e;
 	int			p;
 
-	want_account(&ids, LEDGER_EXTERNAL_ACCOUNT(bucket));
+	for (e = 0; e < nevents; e++)
+		maxids += 1 + events[e].npayees;
+	ids = palloc(sizeof(Datum) * maxids);
+
+	want_account(ids, &nids, LEDGER_EXTERNAL_ACCOUNT(bucket));
 	for (e = 0; e < nevents; e++)
 	{
-		want_account(&ids, events[e].account_id);
+		want_account(ids, &nids, events[e].account_id);
 		for (p = 0; p < events[e].npayees; p++)
-			want_account(&ids, events[e].payees[p]);
+			want_account(ids, &nids, events[e].payees[p]);
 	}
-	if (ids.n == 0)
+	if (nids == 0)
 		return;
 
 	prepare_plan(&load_plan,
@@ -414,9 +475,10 @@ load_accounts(QueuedEvent *events, int nevents, int bucket)
 				 "         WHERE b.account_id = a.id"
 				 "         ORDER BY b.last_txn_id DESC LIMIT 1) b ON true"
 				 " WHERE a.id = ANY ($1)",
-				 1, argtypes);
-	args[0] = column_array(&ids, INT8OID);
-	if (SPI_execute_plan(load_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+				 1, &argtype);
+	arg = PointerGetDatum(construct_array(ids, nids, INT8OID, 8,
+										  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(load_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not load accounts");
 
 	for (i = 0; i < SPI_processed; i++)
@@ -449,12 +511,6 @@ load_accounts(QueuedEvent *events, int nevents, int bucket)
 		 */
 		acct->legs_since_bp = 0;
 	}
-}
-
-static AccountState *
-find_account(int64 account_id)
-{
-	return hash_search(account_cache, &account_id, HASH_FIND, NULL);
 }
 
 /* Deciding */
@@ -494,45 +550,127 @@ can_credit(AccountState *acct, int64 amount, const char **reason)
 	return true;
 }
 
+static void
+write_breakpoint(BatchOutput *out, AccountState *acct)
+{
+	TupleTableSlot *slot = ledger_bulk_next_slot(out->breakpoints);
+	Datum	   *v = slot->tts_values;
+
+	memset(slot->tts_isnull, false, sizeof(bool) * BREAKPOINTS_NATTS);
+	v[BREAKPOINTS_ACCOUNT_ID] = Int64GetDatum(acct->id);
+	v[BREAKPOINTS_PREVIOUS_BALANCE] = Int64GetDatum(acct->bp_balance);
+	v[BREAKPOINTS_CURRENT_BALANCE] = Int64GetDatum(acct->balance);
+	v[BREAKPOINTS_AMOUNT_DIFFERENCE] = Int64GetDatum(acct->balance - acct->bp_balance);
+	v[BREAKPOINTS_FIRST_TXN_ID] = Int64GetDatum(acct->bp_first_txn_id);
+	v[BREAKPOINTS_LAST_TXN_ID] = Int64GetDatum(acct->last_txn_id);
+	v[BREAKPOINTS_CREATED_AT] = TimestampTzGetDatum(out->now);
+	ledger_bulk_add_row(out->breakpoints, slot);
+
+	acct->bp_balance = acct->balance;
+	acct->bp_first_txn_id = acct->last_txn_id + 1;
+	acct->legs_since_bp = 0;
+}
+
 /* Post one leg, already checked, and a breakpoint when one is due. */
 static void
 post_leg(BatchOutput *out, AccountState *acct, int64 event_id, int64 amount)
 {
-	int64		txn_id = nextval_internal(transaction_seq_oid, false);
+	TupleTableSlot *slot = ledger_bulk_next_slot(out->legs);
+	Datum	   *v = slot->tts_values;
 
 	Assert(acct->owned);
 	acct->balance += amount;
-	acct->last_txn_id = txn_id;
+	acct->last_txn_id = nextval_internal(transaction_seq_oid, false);
 	acct->legs_since_bp++;
 
-	column_add(&out->leg_id, Int64GetDatum(txn_id), false);
-	column_add(&out->leg_account, Int64GetDatum(acct->id), false);
-	column_add(&out->leg_event, Int64GetDatum(event_id), false);
-	column_add(&out->leg_amount, Int64GetDatum(amount), false);
-	column_add(&out->leg_balance, Int64GetDatum(acct->balance), false);
+	memset(slot->tts_isnull, false, sizeof(bool) * TRANSACTIONS_NATTS);
+	v[TRANSACTIONS_ID] = Int64GetDatum(acct->last_txn_id);
+	v[TRANSACTIONS_ACCOUNT_ID] = Int64GetDatum(acct->id);
+	v[TRANSACTIONS_EVENT_ID] = Int64GetDatum(event_id);
+	v[TRANSACTIONS_AMOUNT] = Int64GetDatum(amount);
+	v[TRANSACTIONS_BALANCE_AFTER] = Int64GetDatum(acct->balance);
+	v[TRANSACTIONS_CREATED_AT] = TimestampTzGetDatum(out->now);
+	ledger_bulk_add_row(out->legs, slot);
 
 	if (acct->legs_since_bp >= ledger_breakpoint_interval)
-	{
-		column_add(&out->bp_account, Int64GetDatum(acct->id), false);
-		column_add(&out->bp_previous, Int64GetDatum(acct->bp_balance), false);
-		column_add(&out->bp_current, Int64GetDatum(acct->balance), false);
-		column_add(&out->bp_first, Int64GetDatum(acct->bp_first_txn_id), false);
-		column_add(&out->bp_last, Int64GetDatum(txn_id), false);
-		acct->bp_balance = acct->balance;
-		acct->bp_first_txn_id = txn_id + 1;
-		acct->legs_since_bp = 0;
-	}
+		write_breakpoint(out, acct);
 }
 
+/* Move an applied or rejected event from the queue to ledger.events. */
 static void
 record_outcome(BatchOutput *out, QueuedEvent *ev, const char *reason)
 {
-	column_add(&out->done_ctid, PointerGetDatum(&ev->ctid), false);
-	column_add(&out->event_id, Int64GetDatum(ev->id), false);
-	column_add(&out->event_status,
-			   CharGetDatum(reason ? LEDGER_REJECTED : LEDGER_APPLIED), false);
-	column_add(&out->event_reason,
-			   reason ? CStringGetTextDatum(reason) : (Datum) 0, reason == NULL);
+	TupleTableSlot *slot = ledger_bulk_next_slot(out->events);
+	Datum	   *v = slot->tts_values;
+	bool	   *isnull = slot->tts_isnull;
+
+	v[EVENTS_ID] = ev->row[QUEUE_ID];
+	v[EVENTS_KIND] = ev->row[QUEUE_KIND];
+	v[EVENTS_ACCOUNT_ID] = ev->row[QUEUE_ACCOUNT_ID];
+	v[EVENTS_TO_ACCOUNT] = ev->row[QUEUE_TO_ACCOUNT];
+	v[EVENTS_AMOUNT] = ev->row[QUEUE_AMOUNT];
+	v[EVENTS_TO_ACCOUNTS] = ev->row[QUEUE_TO_ACCOUNTS];
+	v[EVENTS_AMOUNTS] = ev->row[QUEUE_AMOUNTS];
+	v[EVENTS_STATUS] = CharGetDatum(reason ? LEDGER_REJECTED : LEDGER_APPLIED);
+	v[EVENTS_REASON] = reason ? CStringGetTextDatum(reason) : (Datum) 0;
+	v[EVENTS_ENQUEUED_AT] = ev->row[QUEUE_ENQUEUED_AT];
+	v[EVENTS_APPLIED_AT] = TimestampTzGetDatum(out->now);
+	memset(isnull, false, sizeof(bool) * EVENTS_NATTS);
+	isnull[EVENTS_TO_ACCOUNT] = ev->row_isnull[QUEUE_TO_ACCOUNT];
+	isnull[EVENTS_TO_ACCOUNTS] = ev->row_isnull[QUEUE_TO_ACCOUNTS];
+	isnull[EVENTS_AMOUNTS] = ev->row_isnull[QUEUE_AMOUNTS];
+	isnull[EVENTS_REASON] = reason == NULL;
+	ledger_bulk_add_row(out->events, slot);
+
+	out->done[out->ndone++] = ev->ctid;
+}
+
+/*
+ * Queue, in another bucket, the credit legs of an event for the payees that
+ * bucket holds.  done[] marks the payees already handled.
+ */
+static void
+queue_credit(BatchOutput *out, QueuedEvent *ev, AccountState **payees,
+			 int first, bool *done)
+{
+	int			bucket = payees[first]->bucket;
+	TupleTableSlot *slot = ledger_bulk_next_slot(out->credits);
+	Datum	   *v = slot->tts_values;
+	Datum	   *to = palloc(sizeof(Datum) * (ev->npayees - first));
+	Datum	   *amounts = palloc(sizeof(Datum) * (ev->npayees - first));
+	int64		total = 0;
+	int			n = 0;
+	int			p;
+
+	for (p = first; p < ev->npayees; p++)
+	{
+		if (done[p] || payees[p]->bucket != bucket)
+			continue;
+		to[n] = Int64GetDatum(ev->payees[p]);
+		amounts[n] = Int64GetDatum(ev->amounts[p]);
+		total += ev->amounts[p];	/* no overflow: checked at enqueue */
+		done[p] = true;
+		n++;
+	}
+
+	memset(slot->tts_isnull, false, sizeof(bool) * QUEUE_NATTS);
+	v[QUEUE_BUCKET] = Int32GetDatum(bucket);
+	v[QUEUE_SEQ] = Int64GetDatum(nextval_internal(event_seq_oid, false));
+	v[QUEUE_ID] = Int64GetDatum(ev->id);
+	v[QUEUE_KIND] = CharGetDatum(LEDGER_CREDIT);
+	v[QUEUE_ACCOUNT_ID] = Int64GetDatum(ev->account_id);
+	slot->tts_isnull[QUEUE_TO_ACCOUNT] = true;
+	v[QUEUE_AMOUNT] = Int64GetDatum(total);
+	v[QUEUE_TO_ACCOUNTS] = PointerGetDatum(construct_array(to, n, INT8OID, 8,
+														   FLOAT8PASSBYVAL,
+														   TYPALIGN_DOUBLE));
+	v[QUEUE_AMOUNTS] = PointerGetDatum(construct_array(amounts, n, INT8OID, 8,
+													   FLOAT8PASSBYVAL,
+													   TYPALIGN_DOUBLE));
+	v[QUEUE_ENQUEUED_AT] = TimestampTzGetDatum(out->now);
+	ledger_bulk_add_row(out->credits, slot);
+
+	ledger_wake_at_commit(bucket);
 }
 
 /*
@@ -559,14 +697,15 @@ apply_external(BatchOutput *out, QueuedEvent *ev, AccountState *external)
 
 /*
  * Transfer or disbursement: debit the payer, credit the payees this worker
- * owns, and queue a credit entry for the payees of other buckets.  All of it
- * or none.
+ * owns, and queue credit entries for the payees of other buckets.  All of
+ * it or none.
  */
 static const char *
 apply_payment(BatchOutput *out, QueuedEvent *ev)
 {
 	AccountState *payer = find_account(ev->account_id);
 	AccountState **payees = palloc(sizeof(AccountState *) * ev->npayees);
+	bool	   *done = palloc(sizeof(bool) * ev->npayees);
 	const char *reason = NULL;
 	int			p;
 
@@ -586,18 +725,13 @@ apply_payment(BatchOutput *out, QueuedEvent *ev)
 	post_leg(out, payer, ev->id, -ev->amount);
 	for (p = 0; p < ev->npayees; p++)
 	{
-		if (payees[p]->owned)
+		done[p] = payees[p]->owned;
+		if (done[p])
 			post_leg(out, payees[p], ev->id, ev->amounts[p]);
-		else
-		{
-			column_add(&out->credit_bucket, Int32GetDatum(payees[p]->bucket), false);
-			column_add(&out->credit_event, Int64GetDatum(ev->id), false);
-			column_add(&out->credit_payer, Int64GetDatum(ev->account_id), false);
-			column_add(&out->credit_payee, Int64GetDatum(ev->payees[p]), false);
-			column_add(&out->credit_amount, Int64GetDatum(ev->amounts[p]), false);
-			ledger_wake_at_commit(payees[p]->bucket);
-		}
 	}
+	for (p = 0; p < ev->npayees; p++)
+		if (!done[p])
+			queue_credit(out, ev, payees, p, done);
 	return NULL;
 }
 
@@ -630,152 +764,91 @@ apply_credit(BatchOutput *out, QueuedEvent *ev)
 	}
 	for (p = 0; p < ev->npayees; p++)
 		post_leg(out, find_account(ev->payees[p]), ev->id, ev->amounts[p]);
-	column_add(&out->done_ctid, PointerGetDatum(&ev->ctid), false);
+	out->done[out->ndone++] = ev->ctid;
 	return true;
 }
 
-/* Writing */
-
-static void
-write_batch(BatchOutput *out)
+/* The last seq drawn so far from ledger.event_id_seq. */
+static int64
+last_seq_drawn(void)
 {
-	Datum		args[6];
-	Oid			argtypes[6];
+	bool		isnull;
 
-	if (out->done_ctid.n > 0)
+	if (SPI_execute("SELECT CASE WHEN s.is_called THEN s.last_value"
+					"            ELSE s.last_value - 1 END"
+					"  FROM ledger.event_id_seq s", false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not read ledger.event_id_seq");
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									   SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * Move the bucket's low-water mark after a batch, as explained at
+ * BucketState.  complete says whether the batch applied every entry that
+ * was visible to it up to its last one.
+ */
+static void
+advance_low_water(BucketState *b, bool mark_passed, bool complete,
+				  int64 last_seq, bool full)
+{
+	if (mark_passed && complete && (!full || last_seq >= b->mark_seq))
 	{
-		argtypes[0] = TIDARRAYOID;
-		argtypes[1] = INT8ARRAYOID;
-		argtypes[2] = CHARARRAYOID;
-		argtypes[3] = TEXTARRAYOID;
-		prepare_plan(&done_plan,
-					 "WITH done AS ("
-					 "  DELETE FROM ledger.queue q WHERE q.ctid = ANY ($1)"
-					 "  RETURNING q.*),"
-					 " moved AS ("
-					 "  INSERT INTO ledger.events (id, kind, account_id, to_account,"
-					 "    amount, to_accounts, amounts, status, reason, enqueued_at,"
-					 "    applied_at)"
-					 "  SELECT d.id, d.kind, d.account_id, d.to_account, d.amount,"
-					 "         d.to_accounts, d.amounts, o.status, o.reason,"
-					 "         d.enqueued_at, now()"
-					 "    FROM done d"
-					 "    JOIN unnest($2, $3, $4) AS o(id, status, reason)"
-					 "      ON o.id = d.id AND d.kind <> 'c'"
-					 "  RETURNING 1)"
-					 "SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM moved)",
-					 4, argtypes);
-		args[0] = column_array(&out->done_ctid, TIDOID);
-		args[1] = column_array(&out->event_id, INT8OID);
-		args[2] = column_array(&out->event_status, CHAROID);
-		args[3] = column_array(&out->event_reason, TEXTOID);
-		if (SPI_execute_plan(done_plan, args, NULL, false, 0) != SPI_OK_SELECT ||
-			SPI_processed != 1)
-			elog(ERROR, "could not move applied events out of the queue");
-		else
-		{
-			bool		isnull;
-			int64		deleted = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-															  SPI_tuptable->tupdesc, 1, &isnull));
-			int64		moved = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-															SPI_tuptable->tupdesc, 2, &isnull));
-
-			/* the queue changed under us: better to stop than to guess */
-			if (deleted != out->done_ctid.n || moved != out->event_id.n)
-				elog(ERROR, "ledger queue changed during a batch: %d entries applied, " INT64_FORMAT " removed, %d events, " INT64_FORMAT " recorded",
-					 out->done_ctid.n, deleted, out->event_id.n, moved);
-		}
+		b->low_water = b->mark_seq + 1;
+		b->mark_seq = 0;
 	}
-
-	if (out->leg_id.n > 0)
+	if (b->mark_seq == 0)
 	{
-		argtypes[0] = argtypes[1] = argtypes[2] = argtypes[3] = argtypes[4] = INT8ARRAYOID;
-		prepare_plan(&legs_plan,
-					 "INSERT INTO ledger.transactions (id, account_id, event_id,"
-					 "  amount, balance_after, created_at)"
-					 " SELECT u.id, u.account_id, u.event_id, u.amount,"
-					 "        u.balance_after, now()"
-					 "   FROM unnest($1, $2, $3, $4, $5)"
-					 "        AS u(id, account_id, event_id, amount, balance_after)",
-					 5, argtypes);
-		args[0] = column_array(&out->leg_id, INT8OID);
-		args[1] = column_array(&out->leg_account, INT8OID);
-		args[2] = column_array(&out->leg_event, INT8OID);
-		args[3] = column_array(&out->leg_amount, INT8OID);
-		args[4] = column_array(&out->leg_balance, INT8OID);
-		if (SPI_execute_plan(legs_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not insert legs");
-	}
-
-	if (out->credit_event.n > 0)
-	{
-		argtypes[0] = INT4ARRAYOID;
-		argtypes[1] = argtypes[2] = argtypes[3] = argtypes[4] = INT8ARRAYOID;
-		prepare_plan(&credits_plan,
-					 "INSERT INTO ledger.queue (bucket, id, kind, account_id, amount,"
-					 "  to_accounts, amounts, enqueued_at)"
-					 " SELECT c.bucket, c.id, 'c', min(c.payer), sum(c.amount),"
-					 "        array_agg(c.payee ORDER BY c.ord),"
-					 "        array_agg(c.amount ORDER BY c.ord), now()"
-					 "   FROM unnest($1, $2, $3, $4, $5) WITH ORDINALITY"
-					 "        AS c(bucket, id, payer, payee, amount, ord)"
-					 "  GROUP BY c.bucket, c.id",
-					 5, argtypes);
-		args[0] = column_array(&out->credit_bucket, INT4OID);
-		args[1] = column_array(&out->credit_event, INT8OID);
-		args[2] = column_array(&out->credit_payer, INT8OID);
-		args[3] = column_array(&out->credit_payee, INT8OID);
-		args[4] = column_array(&out->credit_amount, INT8OID);
-		if (SPI_execute_plan(credits_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not queue credits");
-	}
-
-	if (out->bp_account.n > 0)
-	{
-		argtypes[0] = argtypes[1] = argtypes[2] = argtypes[3] = argtypes[4] = INT8ARRAYOID;
-		prepare_plan(&breakpoints_plan,
-					 "INSERT INTO ledger.breakpoints (account_id, previous_balance,"
-					 "  current_balance, amount_difference, first_txn_id,"
-					 "  last_txn_id, created_at)"
-					 " SELECT b.account_id, b.previous_balance, b.current_balance,"
-					 "        b.current_balance - b.previous_balance,"
-					 "        b.first_txn_id, b.last_txn_id, now()"
-					 "   FROM unnest($1, $2, $3, $4, $5) AS b(account_id,"
-					 "        previous_balance, current_balance, first_txn_id,"
-					 "        last_txn_id)",
-					 5, argtypes);
-		args[0] = column_array(&out->bp_account, INT8OID);
-		args[1] = column_array(&out->bp_previous, INT8OID);
-		args[2] = column_array(&out->bp_current, INT8OID);
-		args[3] = column_array(&out->bp_first, INT8OID);
-		args[4] = column_array(&out->bp_last, INT8OID);
-		if (SPI_execute_plan(breakpoints_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not insert breakpoints");
+		b->mark_seq = last_seq_drawn();
+		b->mark_xid = ReadNextTransactionId();
 	}
 }
 
 /*
- * Apply up to batch_size of the bucket's oldest queued events, in id order,
- * in the current transaction.  Returns how many queue entries were read.
- * Must be called inside SPI, after ledger_apply_ready() said yes.
+ * Apply up to batch_size of the oldest queued entries of the index'th bucket
+ * this worker serves, in seq order, in the current transaction.  Returns how
+ * many entries were read.  Must be called inside SPI, with the transaction's
+ * snapshot active, after ledger_apply_ready() said yes.
  */
 int
-ledger_apply_batch(int bucket, int batch_size)
+ledger_apply_batch(int index, int batch_size)
 {
+	BucketState *b = &served_buckets[index];
+	int			bucket = b->bucket;
 	QueuedEvent *events;
-	BatchOutput out = {0};
+	BatchOutput out;
 	AccountState *external;
+	bool		mark_passed;
+	bool		complete = true;
 	int			nevents;
 	int			e;
 
-	events = fetch_batch(bucket, batch_size, &nevents);
+	/* has every transaction that could hold a seq up to the mark ended? */
+	mark_passed = b->mark_seq != 0 &&
+		TransactionIdPrecedesOrEquals(b->mark_xid, GetActiveSnapshot()->xmin);
+
+	events = fetch_batch(b, batch_size, &nevents);
 	if (nevents == 0)
+	{
+		advance_low_water(b, mark_passed, true, b->low_water - 1, false);
 		return 0;
+	}
+
+	/* the credits this batch queues draw seqs: an xid first */
+	(void) GetTopTransactionId();
 
 	load_accounts(events, nevents, bucket);
 	external = find_account(LEDGER_EXTERNAL_ACCOUNT(bucket));
 	if (external == NULL)
 		elog(ERROR, "external account of bucket %d does not exist", bucket);
+
+	out.events = ledger_bulk_begin(events_oid);
+	out.legs = ledger_bulk_begin(transactions_oid);
+	out.credits = ledger_bulk_begin(queue_oid);
+	out.breakpoints = ledger_bulk_begin(breakpoints_oid);
+	out.done = palloc(sizeof(ItemPointerData) * nevents);
+	out.ndone = 0;
+	out.now = GetCurrentTransactionStartTimestamp();
 
 	for (e = 0; e < nevents; e++)
 	{
@@ -792,7 +865,8 @@ ledger_apply_batch(int bucket, int batch_size)
 				record_outcome(&out, ev, apply_payment(&out, ev));
 				break;
 			case LEDGER_CREDIT:
-				(void) apply_credit(&out, ev);
+				if (!apply_credit(&out, ev))
+					complete = false;
 				break;
 			default:
 				elog(ERROR, "event " INT64_FORMAT " has unknown kind '%c'",
@@ -800,6 +874,13 @@ ledger_apply_batch(int bucket, int batch_size)
 		}
 	}
 
-	write_batch(&out);
+	ledger_bulk_delete(queue_oid, out.done, out.ndone);
+	ledger_bulk_end(out.events);
+	ledger_bulk_end(out.legs);
+	ledger_bulk_end(out.credits);
+	ledger_bulk_end(out.breakpoints);
+
+	advance_low_water(b, mark_passed, complete, events[nevents - 1].seq,
+					  nevents == batch_size);
 	return nevents;
 }

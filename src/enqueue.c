@@ -13,6 +13,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
@@ -298,15 +299,19 @@ enqueue(Movement *m, int bucket)
 	int64		event_id = 0;
 	bool		isnull;
 
+	/* an xid before an id: the workers' low-water marks rely on it */
+	(void) GetTopTransactionId();
+
 	if (m->idempotency_key != NULL &&
 		!claim_idempotency_key(m->idempotency_key, &event_id))
 		return event_id;
 
 	prepare_plan(&plan,
-				 "INSERT INTO ledger.queue (bucket, id, kind, account_id,"
+				 "INSERT INTO ledger.queue (bucket, seq, id, kind, account_id,"
 				 " to_account, amount, to_accounts, amounts, enqueued_at)"
-				 " VALUES ($1, COALESCE($2, nextval('ledger.event_id_seq')),"
-				 " $3, $4, $5, $6, $7, $8, statement_timestamp())"
+				 " SELECT $1, n.id, n.id, $3, $4, $5, $6, $7, $8,"
+				 "        statement_timestamp()"
+				 "   FROM (SELECT COALESCE($2, nextval('ledger.event_id_seq')) AS id) n"
 				 " RETURNING id",
 				 8, argtypes);
 
@@ -743,6 +748,7 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 	lookup_buckets(accounts, naccounts, account_buckets);
 
 	/* ids in call order, so that the transfers apply in that order */
+	(void) GetTopTransactionId();
 	seq = get_relname_relid("event_id_seq", get_namespace_oid("ledger", false));
 	ids = palloc(sizeof(int64) * n);
 	for (i = 0; i < n; i++)
@@ -774,9 +780,9 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 	if (nqueued > 0)
 	{
 		prepare_plan(&queue_plan,
-					 "INSERT INTO ledger.queue (bucket, id, kind, account_id,"
+					 "INSERT INTO ledger.queue (bucket, seq, id, kind, account_id,"
 					 " to_account, amount, enqueued_at)"
-					 " SELECT u.bucket, u.id, 't', u.account_id, u.to_account,"
+					 " SELECT u.bucket, u.id, u.id, 't', u.account_id, u.to_account,"
 					 "        u.amount, statement_timestamp()"
 					 "   FROM unnest($1, $2, $3, $4, $5)"
 					 "        AS u(bucket, id, account_id, to_account, amount)",

@@ -74,7 +74,6 @@ apply_pass(void)
 
 	for (i = 0; i < nbuckets; i++)
 	{
-		const int  *buckets;
 		bool		ready;
 		int			applied = 0;
 
@@ -83,13 +82,13 @@ apply_pass(void)
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
 
-		ready = ledger_apply_ready(my_worker, &buckets, &nbuckets);
+		ready = ledger_apply_ready(my_worker, &nbuckets);
 		if (ready && i < nbuckets)
 		{
 			snprintf(activity, sizeof(activity),
-					 "applying a batch of bucket %d", buckets[i]);
+					 "applying a batch (bucket %d of this worker)", i);
 			pgstat_report_activity(STATE_RUNNING, activity);
-			applied = ledger_apply_batch(buckets[i], ledger_batch_size);
+			applied = ledger_apply_batch(i, ledger_batch_size);
 		}
 
 		SPI_finish();

@@ -55,6 +55,17 @@ DELETE FROM ledger.transactions WHERE account_id = 5003 AND event_id = :t1;
 SELECT * FROM audit;
 ROLLBACK TO tamper;
 
+-- a rejected event recorded as applied, though it posted nothing
+UPDATE ledger.events SET status = 'a', reason = NULL WHERE id = :r1;
+SELECT * FROM audit;
+ROLLBACK TO tamper;
+
+-- a transfer's credit leg moved to an account the transfer does not name
+-- (5002 has no legs of its own, so the running balances still agree)
+UPDATE ledger.transactions SET account_id = 5002 WHERE account_id = 5003 AND event_id = :t1;
+SELECT * FROM audit;
+ROLLBACK TO tamper;
+
 -- an orphan leg, of no event, consistent with its account's running balance
 INSERT INTO ledger.transactions (id, account_id, event_id, amount, balance_after, created_at)
 SELECT max(id) + 1000000, 5001, 999999999, 5, 555, now() FROM ledger.transactions;
