@@ -83,6 +83,7 @@ extern TupleTableSlot *ledger_bulk_next_slot(BulkInsert *bulk);
 extern void ledger_bulk_add_row(BulkInsert *bulk, TupleTableSlot *slot);
 extern void ledger_bulk_end(BulkInsert *bulk);
 extern void ledger_bulk_delete(Oid relid, ItemPointerData *tids, int ntids);
+extern void ledger_bulk_reset(void);
 
 /* apply.c */
 extern bool ledger_apply_ready(int worker, int *nbuckets);

@@ -209,6 +209,7 @@ ledger_apply_reset(void)
 	if (account_cache)
 		hash_destroy(account_cache);
 	account_cache = NULL;
+	ledger_bulk_reset();
 	transaction_seq_oid = InvalidOid;
 	ledger_extension_oid = InvalidOid;
 	free_plan(&fetch_plan);

@@ -21,12 +21,30 @@
 #include "access/xact.h"
 #include "executor/executor.h"
 #include "nodes/execnodes.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 
 #include "ledger.h"
 
 /* Rows buffered before they are written: COPY's figure. */
 #define BULK_MAX_ROWS	1000
+
+/*
+ * The slots rows are built in outlive the batch: making a slot pins its
+ * tuple descriptor in the resource owner, which costs more than building
+ * the row.  They use a private copy of the table's descriptor, which no
+ * resource owner tracks, and are dropped with the rest of the cache when the
+ * extension is dropped.
+ */
+typedef struct SlotPool
+{
+	Oid			relid;
+	TupleDesc	desc;
+	TupleTableSlot *slots[BULK_MAX_ROWS];
+} SlotPool;
+
+#define MAX_POOLS	4
+static SlotPool *pools[MAX_POOLS];
 
 struct BulkInsert
 {
@@ -35,9 +53,46 @@ struct BulkInsert
 	ResultRelInfo *rri;
 	BulkInsertState bistate;
 	CommandId	cid;
+	SlotPool   *pool;
 	int			nbuffered;
-	TupleTableSlot *slots[BULK_MAX_ROWS];
 };
+
+static SlotPool *
+slot_pool(Relation rel)
+{
+	MemoryContext oldcxt;
+	int			i;
+
+	for (i = 0; i < MAX_POOLS && pools[i]; i++)
+		if (pools[i]->relid == RelationGetRelid(rel))
+			return pools[i];
+	if (i == MAX_POOLS)
+		elog(ERROR, "ledger writes to more tables than it has slots for");
+
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	pools[i] = palloc0(sizeof(SlotPool));
+	pools[i]->relid = RelationGetRelid(rel);
+	pools[i]->desc = CreateTupleDescCopy(RelationGetDescr(rel));
+	MemoryContextSwitchTo(oldcxt);
+	return pools[i];
+}
+
+/* Forget the slots: the tables they were made for may be gone. */
+void
+ledger_bulk_reset(void)
+{
+	int			i;
+	int			j;
+
+	for (i = 0; i < MAX_POOLS && pools[i]; i++)
+	{
+		for (j = 0; j < BULK_MAX_ROWS && pools[i]->slots[j]; j++)
+			ExecDropSingleTupleTableSlot(pools[i]->slots[j]);
+		FreeTupleDesc(pools[i]->desc);
+		pfree(pools[i]);
+		pools[i] = NULL;
+	}
+}
 
 BulkInsert *
 ledger_bulk_begin(Oid relid)
@@ -51,6 +106,7 @@ ledger_bulk_begin(Oid relid)
 	ExecOpenIndices(bulk->rri, false);
 	bulk->bistate = GetBulkInsertState();
 	bulk->cid = GetCurrentCommandId(true);
+	bulk->pool = slot_pool(bulk->rel);
 	return bulk;
 }
 
@@ -62,17 +118,17 @@ bulk_flush(BulkInsert *bulk)
 	if (bulk->nbuffered == 0)
 		return;
 
-	table_multi_insert(bulk->rel, bulk->slots, bulk->nbuffered, bulk->cid, 0,
-					   bulk->bistate);
+	table_multi_insert(bulk->rel, bulk->pool->slots, bulk->nbuffered,
+					   bulk->cid, 0, bulk->bistate);
 	for (i = 0; i < bulk->nbuffered; i++)
 	{
 		List	   *recheck;
 
 		ResetPerTupleExprContext(bulk->estate);
-		recheck = ExecInsertIndexTuples(bulk->rri, bulk->slots[i], bulk->estate,
-										false, false, NULL, NIL);
+		recheck = ExecInsertIndexTuples(bulk->rri, bulk->pool->slots[i],
+										bulk->estate, false, false, NULL, NIL);
 		list_free(recheck);
-		ExecClearTuple(bulk->slots[i]);
+		ExecClearTuple(bulk->pool->slots[i]);
 	}
 	bulk->nbuffered = 0;
 }
@@ -88,10 +144,15 @@ ledger_bulk_next_slot(BulkInsert *bulk)
 
 	if (bulk->nbuffered == BULK_MAX_ROWS)
 		bulk_flush(bulk);
-	slot = bulk->slots[bulk->nbuffered];
+	slot = bulk->pool->slots[bulk->nbuffered];
 	if (slot == NULL)
-		slot = bulk->slots[bulk->nbuffered] =
-			MakeSingleTupleTableSlot(RelationGetDescr(bulk->rel), &TTSOpsVirtual);
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+
+		slot = bulk->pool->slots[bulk->nbuffered] =
+			MakeSingleTupleTableSlot(bulk->pool->desc, &TTSOpsVirtual);
+		MemoryContextSwitchTo(oldcxt);
+	}
 	ExecClearTuple(slot);
 	return slot;
 }
@@ -99,7 +160,7 @@ ledger_bulk_next_slot(BulkInsert *bulk)
 void
 ledger_bulk_add_row(BulkInsert *bulk, TupleTableSlot *slot)
 {
-	Assert(slot == bulk->slots[bulk->nbuffered]);
+	Assert(slot == bulk->pool->slots[bulk->nbuffered]);
 	ExecStoreVirtualTuple(slot);
 	bulk->nbuffered++;
 }
@@ -107,11 +168,7 @@ ledger_bulk_add_row(BulkInsert *bulk, TupleTableSlot *slot)
 void
 ledger_bulk_end(BulkInsert *bulk)
 {
-	int			i;
-
 	bulk_flush(bulk);
-	for (i = 0; i < BULK_MAX_ROWS && bulk->slots[i]; i++)
-		ExecDropSingleTupleTableSlot(bulk->slots[i]);
 	FreeBulkInsertState(bulk->bistate);
 	ExecCloseIndices(bulk->rri);
 	FreeExecutorState(bulk->estate);
