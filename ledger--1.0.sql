@@ -258,13 +258,20 @@ CREATE FUNCTION ledger_history(account_id bigint, max_rows integer DEFAULT 100,
 							   OUT amount bigint, OUT balance_after bigint,
 							   OUT created_at timestamptz)
 RETURNS SETOF record
-LANGUAGE sql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT t.id, t.event_id, t.amount, t.balance_after, t.created_at
-	  FROM ledger.transactions t
-	 WHERE t.account_id = $1
-	 ORDER BY t.id DESC
-	 LIMIT $2
+BEGIN
+	IF max_rows < 0 THEN
+		RAISE EXCEPTION 'max_rows must not be negative'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+		SELECT t.id, t.event_id, t.amount, t.balance_after, t.created_at
+		  FROM ledger.transactions t
+		 WHERE t.account_id = ledger_history.account_id
+		 ORDER BY t.id DESC
+		 LIMIT max_rows;
+END
 $$;
 
 /*
@@ -359,6 +366,18 @@ AS $$
 	  FROM (SELECT (SELECT COALESCE(sum(t.amount::numeric), 0) FROM ledger.transactions t)
 				   + (SELECT COALESCE(sum(f.amount), 0) FROM in_flight f) AS total) z
 	 WHERE z.total <> 0
+$$;
+
+/* The workers serve one database: say so when this is another. */
+DO $$
+BEGIN
+	IF pg_catalog.current_setting('ledger.database', true) IS DISTINCT FROM pg_catalog.current_database() THEN
+		RAISE WARNING 'the ledger workers do not serve database "%"', pg_catalog.current_database()
+			USING DETAIL = pg_catalog.format('ledger.database is %s; events queued here stay pending.',
+											 COALESCE(pg_catalog.quote_literal(pg_catalog.current_setting('ledger.database', true)), 'not set')),
+				  HINT = 'Set ledger.database to this database and restart the server, with ledger in shared_preload_libraries.';
+	END IF;
+END
 $$;
 
 /* Who may use it: members of ledger_client, and the extension's owner. */

@@ -493,14 +493,15 @@ ledger_disburse(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("to_accounts and amounts must have the same length"),
-				 errdetail("to_accounts has %d elements, amounts has %d.",
+				 errdetail("to_accounts has %d, amounts has %d.",
 						   npayees, namounts)));
 	if (npayees > ledger_max_payees)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("too many payees: %d", npayees),
-				 errdetail("A disbursement may pay at most %d accounts.",
-						   ledger_max_payees),
+				 errdetail_plural("A disbursement may pay at most %d account.",
+								  "A disbursement may pay at most %d accounts.",
+								  ledger_max_payees, ledger_max_payees),
 				 errhint("Raise ledger.max_payees, or split the disbursement.")));
 
 	for (i = 0; i < npayees; i++)
@@ -528,8 +529,9 @@ ledger_disburse(PG_FUNCTION_ARGS)
 					 errmsg("account " INT64_FORMAT " is listed twice as a payee",
 							sorted[i])));
 
-	m.to_accounts = PG_GETARG_DATUM(1);
-	m.amounts = PG_GETARG_DATUM(2);
+	/* stored with bounds from 1, whatever the caller's were */
+	m.to_accounts = bigint_array(payees, npayees);
+	m.amounts = bigint_array(amounts, npayees);
 	m.idempotency_key = get_idempotency_key(fcinfo, 3);
 
 	/* the payer first: its bucket is the event's */
