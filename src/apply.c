@@ -167,6 +167,7 @@ typedef struct BucketState
 	int64		low_water;		/* every seq below it is done */
 	int64		mark_seq;		/* S, or 0 when not noted */
 	TransactionId mark_xid;		/* X */
+	int			nheld;			/* credits held back by the last batch */
 } BucketState;
 
 static BucketState served_buckets[LEDGER_MAX_BUCKETS * 4];
@@ -820,7 +821,7 @@ ledger_apply_batch(int index, int batch_size)
 	BatchOutput out;
 	AccountState *external;
 	bool		mark_passed;
-	bool		complete = true;
+	int			nheld = 0;
 	int			nevents;
 	int			e;
 
@@ -828,9 +829,12 @@ ledger_apply_batch(int index, int batch_size)
 	mark_passed = b->mark_seq != 0 &&
 		TransactionIdPrecedesOrEquals(b->mark_xid, GetActiveSnapshot()->xmin);
 
+	/* credits held back are read again: they must not crowd out the rest */
+	batch_size += b->nheld;
 	events = fetch_batch(b, batch_size, &nevents);
 	if (nevents == 0)
 	{
+		b->nheld = 0;
 		advance_low_water(b, mark_passed, true, b->low_water - 1, false);
 		return 0;
 	}
@@ -867,7 +871,7 @@ ledger_apply_batch(int index, int batch_size)
 				break;
 			case LEDGER_CREDIT:
 				if (!apply_credit(&out, ev))
-					complete = false;
+					nheld++;
 				break;
 			default:
 				elog(ERROR, "event " INT64_FORMAT " has unknown kind '%c'",
@@ -881,7 +885,8 @@ ledger_apply_batch(int index, int batch_size)
 	ledger_bulk_end(out.credits);
 	ledger_bulk_end(out.breakpoints);
 
-	advance_low_water(b, mark_passed, complete, events[nevents - 1].seq,
+	b->nheld = nheld;
+	advance_low_water(b, mark_passed, nheld == 0, events[nevents - 1].seq,
 					  nevents == batch_size);
 	return nevents;
 }
