@@ -211,6 +211,9 @@ SELECT 'acknowledged events missing', count(*)
   FROM acked a
  WHERE NOT EXISTS (SELECT 1 FROM ledger.events e WHERE e.id = a.id)
 UNION ALL
+SELECT 'events recorded twice', count(*) - count(DISTINCT id)
+  FROM ledger.events
+UNION ALL
 SELECT 'events neither applied nor rejected', count(*)
   FROM ledger.events WHERE status NOT IN ('a', 'r')
 UNION ALL
@@ -240,6 +243,7 @@ SELECT 'overdrawn legs', count(*)
 });
 	is( $result, join("\n",
 			'acknowledged events missing|0',
+			'events recorded twice|0',
 			'events neither applied nor rejected|0',
 			'rejections for no known reason|0',
 			'accounts with two legs of one event|0',
@@ -419,7 +423,8 @@ collect_acks($load);
 check_ledger($primary, 'postmaster kill -9');
 
 # Immediate shutdown in the middle of a large batch: 40000 transfers (within
-# and across buckets) committed at once, under load, applied 100000 at a time.
+# and across buckets) and a disbursement to 1000 new accounts (its arrays are
+# TOASTed) committed at once, under load, applied 100000 at a time.
 $primary->safe_psql(
 	'postgres', q{
 ALTER SYSTEM SET ledger.batch_size = 100000;
@@ -433,10 +438,13 @@ SELECT array_to_string(ledger_transfer_many(array_agg(1 + a % $naccounts),
 											array_agg(1 + (a + 1 + a / 7 % 2) % $naccounts),
 											array_agg(1::bigint)), ' ')
   FROM generate_series(1, 40000) a;
+SELECT count(ledger_open_account(a)) FROM generate_series(1001, 2000) a;
+SELECT ledger_disburse($naccounts, array_agg(a), array_agg(a::bigint))
+  FROM generate_series(1001, 2000) a;
 SELECT clock_timestamp();
 });
-my ($big_ids, $committed_at) = split(/\n/, $big);
-$acked{$_} = 1 foreach (split(/ /, $big_ids));
+my ($big_ids, $opened, $disbursement, $committed_at) = split(/\n/, $big);
+$acked{$_} = 1 foreach (split(/ /, $big_ids), $disbursement);
 # wait, looking every millisecond, until a worker applies a batch it started
 # after the big commit: one that holds the big batch's events of its bucket
 $primary->safe_psql(
