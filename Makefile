@@ -2,7 +2,7 @@
 MODULE_big = ledger
 OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
 EXTENSION = ledger
-DATA = ledger--1.0.sql
+DATA = ledger--1.0.sql ledger--1.0--1.1.sql
 PG_CPPFLAGS = -Iinclude
 PG_CFLAGS = -Werror -Wall -Wmissing-prototypes
 
@@ -11,7 +11,7 @@ PG_CFLAGS = -Werror -Wall -Wmissing-prototypes
 override CONTRIB_TESTDB = ledger_regress
 override ISOLATION_TESTDB = ledger_regress
 
-REGRESS = api errors rejections buckets breakpoints verify security
+REGRESS = upgrade api errors rejections buckets breakpoints verify security operations
 REGRESS_OPTS = --inputdir=test --outputdir=test \
 	--temp-config=test/ledger.conf --temp-instance=test/tmp_check
 

@@ -18,6 +18,7 @@
 #include "storage/itemptr.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
+#include "utils/timestamp.h"
 
 /* The most buckets (and so workers) a server may run. */
 #define LEDGER_MAX_BUCKETS	64
@@ -43,35 +44,81 @@ extern int	ledger_batch_size;
 extern int	ledger_poll_interval;
 extern int	ledger_max_payees;
 extern int	ledger_breakpoint_interval;
+extern bool ledger_log_batches;
 
 /*
- * State shared between the workers and the backends that enqueue or wait
- * (ledger.c).  The latch of each running worker lets a committing enqueuer
- * wake the worker that will apply its events; the condition variable lets
- * ledger_wait() sleep until some worker has committed a batch.
+ * State shared between the workers and the backends (ledger.c).  The latch
+ * of each running worker lets a committing enqueuer wake the worker that
+ * will apply its events; the condition variable lets ledger_wait() sleep
+ * until some worker has committed a batch.  Each slot also holds its
+ * worker's statistics and pause flag (stats.c).
  */
+typedef enum LedgerWorkerState
+{
+	LEDGER_STATE_STOPPED = 0,
+	LEDGER_STATE_WAITING,		/* for the extension to be created */
+	LEDGER_STATE_IDLE,
+	LEDGER_STATE_APPLYING,
+	LEDGER_STATE_PAUSED
+} LedgerWorkerState;
+
+/* Seconds over which ledger_stats reports events per second. */
+#define LEDGER_RATE_SECONDS	60
+
+typedef struct LedgerWorkerStats
+{
+	uint64		events_applied;
+	uint64		events_rejected;
+	uint64		credits_applied;
+	uint64		batches;
+	uint64		entries;		/* queue entries read, over all batches */
+	double		total_batch_ms;
+	double		last_batch_ms;
+	int			last_batch_size;
+	TimestampTz last_batch_at;
+	int64		rate_second[LEDGER_RATE_SECONDS];	/* the second counted */
+	uint64		rate_events[LEDGER_RATE_SECONDS];
+} LedgerWorkerStats;
+
 typedef struct LedgerWorkerSlot
 {
+	slock_t		mutex;			/* protects everything below */
 	pid_t		pid;
 	Latch	   *latch;
+	bool		paused;
+	LedgerWorkerState state;
+	LedgerWorkerStats stats;
 } LedgerWorkerSlot;
 
 typedef struct LedgerSharedState
 {
-	slock_t		mutex;			/* protects workers[] */
 	ConditionVariable batch_applied;
 	LedgerWorkerSlot workers[LEDGER_MAX_BUCKETS];
 } LedgerSharedState;
+
+/* What one batch did. */
+typedef struct LedgerBatchCounts
+{
+	int			read;			/* queue entries read */
+	int			applied;		/* events applied */
+	int			rejected;		/* events rejected */
+	int			credits;		/* credit entries posted */
+} LedgerBatchCounts;
 
 extern LedgerSharedState *ledger_shared;
 
 /* ledger.c */
 extern int	ledger_worker_of_bucket(int bucket);
 
-/* wakeup.c */
+/* wait.c */
 extern void ledger_wake_at_commit(int bucket);
 extern void ledger_wake_worker(int worker);
 extern void ledger_announce_batch(void);
+
+/* stats.c */
+extern void ledger_set_state(int worker, LedgerWorkerState state);
+extern bool ledger_is_paused(int worker);
+extern void ledger_count_batch(int worker, const LedgerBatchCounts *counts, double ms);
 
 /* worker.c */
 extern PGDLLEXPORT void ledger_worker_main(Datum main_arg);
@@ -87,7 +134,7 @@ extern void ledger_bulk_reset(void);
 
 /* apply.c */
 extern bool ledger_apply_ready(int worker, int *nbuckets);
-extern int	ledger_apply_batch(int index, int batch_size);
+extern void ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts);
 extern void ledger_apply_reset(void);
 
 #endif							/* LEDGER_H */

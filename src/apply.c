@@ -808,12 +808,12 @@ advance_low_water(BucketState *b, bool mark_passed, bool complete,
 
 /*
  * Apply up to batch_size of the oldest queued entries of the index'th bucket
- * this worker serves, in seq order, in the current transaction.  Returns how
- * many entries were read.  Must be called inside SPI, with the transaction's
- * snapshot active, after ledger_apply_ready() said yes.
+ * this worker serves, in seq order, in the current transaction, and count
+ * what was done.  Must be called inside SPI, with the transaction's snapshot
+ * active, after ledger_apply_ready() said yes.
  */
-int
-ledger_apply_batch(int index, int batch_size)
+void
+ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 {
 	BucketState *b = &served_buckets[index];
 	int			bucket = b->bucket;
@@ -836,7 +836,7 @@ ledger_apply_batch(int index, int batch_size)
 	{
 		b->nheld = 0;
 		advance_low_water(b, mark_passed, true, b->low_water - 1, false);
-		return 0;
+		return;
 	}
 
 	/* the credits this batch queues draw seqs: an xid first */
@@ -855,28 +855,38 @@ ledger_apply_batch(int index, int batch_size)
 	out.ndone = 0;
 	out.now = GetCurrentTransactionStartTimestamp();
 
+	counts->read = nevents;
 	for (e = 0; e < nevents; e++)
 	{
 		QueuedEvent *ev = &events[e];
+		const char *reason;
 
 		switch (ev->kind)
 		{
 			case LEDGER_DEPOSIT:
 			case LEDGER_WITHDRAW:
-				record_outcome(&out, ev, apply_external(&out, ev, external));
+				reason = apply_external(&out, ev, external);
+				record_outcome(&out, ev, reason);
 				break;
 			case LEDGER_TRANSFER:
 			case LEDGER_DISBURSE:
-				record_outcome(&out, ev, apply_payment(&out, ev));
+				reason = apply_payment(&out, ev);
+				record_outcome(&out, ev, reason);
 				break;
 			case LEDGER_CREDIT:
-				if (!apply_credit(&out, ev))
+				if (apply_credit(&out, ev))
+					counts->credits++;
+				else
 					nheld++;
-				break;
+				continue;
 			default:
 				elog(ERROR, "event " INT64_FORMAT " has unknown kind '%c'",
 					 ev->id, ev->kind);
 		}
+		if (reason)
+			counts->rejected++;
+		else
+			counts->applied++;
 	}
 
 	ledger_bulk_delete(queue_oid, out.done, out.ndone);
@@ -888,5 +898,4 @@ ledger_apply_batch(int index, int batch_size)
 	b->nheld = nheld;
 	advance_low_water(b, mark_passed, nheld == 0, events[nevents - 1].seq,
 					  nevents == batch_size);
-	return nevents;
 }

@@ -33,6 +33,7 @@ int			ledger_batch_size = 500;
 int			ledger_poll_interval = 1000;
 int			ledger_max_payees = 1000;
 int			ledger_breakpoint_interval = 1000;
+bool		ledger_log_batches = false;
 
 LedgerSharedState *ledger_shared = NULL;
 
@@ -119,6 +120,15 @@ define_settings(void)
 							0,
 							NULL, NULL, NULL);
 
+	DefineCustomBoolVariable("ledger.log_batches",
+							 "Log every batch a worker applies.",
+							 NULL,
+							 &ledger_log_batches,
+							 false,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("ledger");
 }
 
@@ -166,9 +176,12 @@ ledger_shmem_startup(void)
 	ledger_shared = ShmemInitStruct("ledger", sizeof(LedgerSharedState), &found);
 	if (!found)
 	{
+		int			i;
+
 		memset(ledger_shared, 0, sizeof(LedgerSharedState));
-		SpinLockInit(&ledger_shared->mutex);
 		ConditionVariableInit(&ledger_shared->batch_applied);
+		for (i = 0; i < LEDGER_MAX_BUCKETS; i++)
+			SpinLockInit(&ledger_shared->workers[i].mutex);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }

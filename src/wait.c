@@ -82,9 +82,9 @@ ledger_wake_worker(int worker)
 	if (ledger_shared == NULL || worker >= LEDGER_MAX_BUCKETS)
 		return;
 
-	SpinLockAcquire(&ledger_shared->mutex);
+	SpinLockAcquire(&ledger_shared->workers[worker].mutex);
 	latch = ledger_shared->workers[worker].latch;
-	SpinLockRelease(&ledger_shared->mutex);
+	SpinLockRelease(&ledger_shared->workers[worker].mutex);
 
 	/* a latch belongs to a PGPROC and stays valid memory: setting it is safe */
 	if (latch)

@@ -21,6 +21,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "portability/instr_time.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
@@ -39,13 +40,14 @@ release_slot(int code, Datum arg)
 {
 	LedgerWorkerSlot *slot = &ledger_shared->workers[my_worker];
 
-	SpinLockAcquire(&ledger_shared->mutex);
+	SpinLockAcquire(&slot->mutex);
 	if (slot->pid == MyProcPid)
 	{
 		slot->pid = 0;
 		slot->latch = NULL;
+		slot->state = LEDGER_STATE_STOPPED;
 	}
-	SpinLockRelease(&ledger_shared->mutex);
+	SpinLockRelease(&slot->mutex);
 }
 
 static void
@@ -53,11 +55,30 @@ claim_slot(void)
 {
 	LedgerWorkerSlot *slot = &ledger_shared->workers[my_worker];
 
-	SpinLockAcquire(&ledger_shared->mutex);
+	SpinLockAcquire(&slot->mutex);
 	slot->pid = MyProcPid;
 	slot->latch = MyLatch;
-	SpinLockRelease(&ledger_shared->mutex);
+	slot->state = LEDGER_STATE_IDLE;
+	SpinLockRelease(&slot->mutex);
 	before_shmem_exit(release_slot, (Datum) 0);
+}
+
+static void
+report_batch(int index, const LedgerBatchCounts *counts, instr_time start)
+{
+	instr_time	elapsed;
+	double		ms;
+
+	INSTR_TIME_SET_CURRENT(elapsed);
+	INSTR_TIME_SUBTRACT(elapsed, start);
+	ms = INSTR_TIME_GET_MILLISEC(elapsed);
+
+	ledger_count_batch(my_worker, counts, ms);
+	if (ledger_log_batches)
+		ereport(LOG,
+				(errmsg("ledger worker %d: batch of %d entries (bucket %d of this worker): %d applied, %d rejected, %d credits, %.3f ms",
+						my_worker, counts->read, index, counts->applied,
+						counts->rejected, counts->credits, ms)));
 }
 
 /*
@@ -72,11 +93,20 @@ apply_pass(void)
 	int			nbuckets = 1;
 	int			i;
 
+	if (ledger_is_paused(my_worker))
+	{
+		ledger_set_state(my_worker, LEDGER_STATE_PAUSED);
+		pgstat_report_activity(STATE_IDLE, "paused");
+		return false;
+	}
+
 	for (i = 0; i < nbuckets; i++)
 	{
+		LedgerBatchCounts counts = {0};
+		instr_time	start;
 		bool		ready;
-		int			applied = 0;
 
+		INSTR_TIME_SET_CURRENT(start);
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		SPI_connect();
@@ -88,7 +118,8 @@ apply_pass(void)
 			snprintf(activity, sizeof(activity),
 					 "applying a batch (bucket %d of this worker)", i);
 			pgstat_report_activity(STATE_RUNNING, activity);
-			applied = ledger_apply_batch(i, ledger_batch_size);
+			ledger_set_state(my_worker, LEDGER_STATE_APPLYING);
+			ledger_apply_batch(i, ledger_batch_size, &counts);
 		}
 
 		SPI_finish();
@@ -98,14 +129,19 @@ apply_pass(void)
 
 		if (!ready)
 		{
+			ledger_set_state(my_worker, LEDGER_STATE_WAITING);
 			pgstat_report_activity(STATE_IDLE, "waiting for CREATE EXTENSION ledger");
 			return false;
 		}
-		if (applied > 0)
+		if (counts.read > 0)
+		{
 			ledger_announce_batch();
-		if (applied >= ledger_batch_size)
+			report_batch(i, &counts, start);
+		}
+		if (counts.read >= ledger_batch_size)
 			more = true;
 	}
+	ledger_set_state(my_worker, LEDGER_STATE_IDLE);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return more;
 }
