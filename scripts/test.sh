@@ -22,6 +22,7 @@ suite() {
 	else
 		failed=$((failed + 1))
 		failures+=("$name")
+		return 1
 	fi
 }
 
