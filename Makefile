@@ -35,3 +35,28 @@ installcheck-isolation:
 	$(pg_isolation_regress_installcheck) $(ISOLATION_OPTS) $(ISOLATION)
 installcheck-tap:
 	$(prove_installcheck)
+
+# A Debian package of the extension: make deb, then dpkg -i the file it names.
+DEB_VERSION = 1.1-1
+DEB_ARCH = $(shell dpkg --print-architecture)
+DEB_FILE = postgresql-15-ledger_$(DEB_VERSION)_$(DEB_ARCH).deb
+.PHONY: deb
+deb: all
+	rm -rf build/deb
+	$(MAKE) install DESTDIR=$(CURDIR)/build/deb
+	mkdir -p build/deb/DEBIAN build/deb/usr/share/doc/postgresql-15-ledger
+	cp README.md build/deb/usr/share/doc/postgresql-15-ledger/
+	printf '%s\n' \
+		'Package: postgresql-15-ledger' \
+		'Version: $(DEB_VERSION)' \
+		'Architecture: $(DEB_ARCH)' \
+		'Maintainer: The ledger developers <ledger@localhost>' \
+		'Depends: postgresql-15' \
+		'Section: database' \
+		'Priority: optional' \
+		'Description: high-throughput money ledger for PostgreSQL 15' \
+		' Events enqueued with plain SQL, applied in batches by per-bucket' \
+		' background workers into immutable double-entry legs.' \
+		> build/deb/DEBIAN/control
+	dpkg-deb --root-owner-group --build build/deb build/$(DEB_FILE)
+	@echo "built build/$(DEB_FILE)"

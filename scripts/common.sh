@@ -30,10 +30,20 @@ build_dependencies() {
 
 # Build and install the extension into the server's directories.
 build_and_install() {
+	# scripts/test.sh has installed the package already
+	[ -n "${LEDGER_INSTALLED:-}" ] && return 0
 	log "building and installing the extension"
 	make -C "$TOP" -s clean >/dev/null
 	make -C "$TOP" -s >/dev/null
 	make -C "$TOP" -s install >/dev/null
+}
+
+# Build the Debian package of the extension and install it.
+build_and_install_package() {
+	log "building and installing the Debian package"
+	make -C "$TOP" -s clean >/dev/null
+	make -C "$TOP" -s deb >/dev/null
+	dpkg -i "$TOP"/build/postgresql-15-ledger_*.deb >/dev/null
 }
 
 # The tree is built by root but tests run as postgres, which may need to

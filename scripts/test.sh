@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Run every test suite of the ledger extension on this machine: installs the
-# build dependencies, builds and installs the extension, then runs the
-# pg_regress, isolation and TAP suites, each against servers it starts itself.
+# build dependencies, builds the extension's Debian package and installs it,
+# then runs the suites, each against servers it starts itself.  The suites
+# run against the installed package, so they test it too.
 # Run as root on Debian 12.
 source "$(dirname "$0")/common.sh"
 
 build_dependencies
-build_and_install
+build_and_install_package
+export LEDGER_INSTALLED=1
 give_tree_to_postgres
 
 passed=0
