@@ -58,3 +58,10 @@ REVOKE ALL ON FUNCTION ledger_worker_stats(), ledger_stats_reset(),
 	ledger_pause(integer), ledger_resume(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ledger_worker_stats() TO ledger_client;
 GRANT SELECT ON ledger_stats TO ledger_client;
+
+-- the queue churns: every entry is deleted once applied, so let autovacuum
+-- visit it after a fixed number of dead rows rather than a fraction of it
+ALTER TABLE ledger.queue SET (autovacuum_vacuum_scale_factor = 0,
+							  autovacuum_vacuum_threshold = 20000,
+							  autovacuum_vacuum_insert_scale_factor = 0,
+							  autovacuum_vacuum_insert_threshold = 20000);
