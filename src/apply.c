@@ -6,8 +6,8 @@
  * A batch is applied in the worker's current transaction.  One statement
  * reads the oldest queued events of the bucket, another loads the accounts
  * this worker has not seen yet; then the events are decided here, in C, one
- * at a time in id order, because each depends on the balances the previous
- * ones left.  The outcome is written straight to the heap (bulk.c): the
+ * at a time in queue order, because each depends on the balances the
+ * previous ones left.  The outcome is written straight to the heap (bulk.c): the
  * events' rows, their legs, credits for other buckets and breakpoints, and
  * the applied entries deleted from the queue.
  *
@@ -31,8 +31,8 @@
 #include "commands/sequence.h"
 #include "common/int.h"
 #include "executor/spi.h"
-#include "utils/array.h"
 #include "storage/itemptr.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
@@ -50,9 +50,9 @@
  */
 enum
 {
-	QUEUE_BUCKET, QUEUE_SEQ, QUEUE_ID, QUEUE_KIND, QUEUE_ACCOUNT_ID, QUEUE_TO_ACCOUNT,
-	QUEUE_AMOUNT, QUEUE_TO_ACCOUNTS, QUEUE_AMOUNTS, QUEUE_ENQUEUED_AT,
-	QUEUE_NATTS
+	QUEUE_BUCKET, QUEUE_SEQ, QUEUE_ID, QUEUE_KIND, QUEUE_ACCOUNT_ID,
+	QUEUE_TO_ACCOUNT, QUEUE_AMOUNT, QUEUE_TO_ACCOUNTS, QUEUE_AMOUNTS,
+	QUEUE_ENQUEUED_AT, QUEUE_NATTS
 };
 static const char *const queue_columns[] = {
 	"bucket", "seq", "id", "kind", "account_id", "to_account", "amount",
