@@ -271,12 +271,17 @@ db_continue_connect(DbConn *c)
 static void
 db_connect(DbConn *c)
 {
-	static const char *const keywords[] = {"dbname", "fallback_application_name", NULL};
-	const char *values[] = {settings.conninfo, "ledger-http", NULL};
+	/*
+	 * The conninfo string comes last, expanded from dbname, so that what it
+	 * says wins.  JSON is UTF-8, and so must be the server's messages.
+	 */
+	static const char *const keywords[] = {
+		"client_encoding", "fallback_application_name", "dbname", NULL
+	};
+	const char *values[] = {"UTF8", "ledger-http", settings.conninfo, NULL};
 
 	if (stopping)
 		return;
-	/* dbname with expand_dbname: the conninfo string is taken whole */
 	c->pg = PQconnectStartParams(keywords, values, 1);
 	if (c->pg == NULL)
 	{

@@ -228,6 +228,7 @@ main(int argc, char **argv)
 	if (uv_loop_close(loop) != 0)
 		log_message("handles left open at exit");
 	db_free();
+	transfers_report();
 	log_message("stopped");
 	return 0;
 }

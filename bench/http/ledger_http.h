@@ -121,6 +121,7 @@ extern void transfers_fail_pending(void);
 extern bool transfers_idle(void);
 extern void transfers_flush(void);
 extern void transfers_close(void);
+extern void transfers_report(void);
 
 /* db_pool.c */
 extern void db_start(void);

@@ -49,6 +49,11 @@ static int	pending_count;
 static bool group_ready;
 static int	groups_in_flight;
 
+/* for the report at exit: how well grouping worked */
+static long long groups_taken;
+static long long transfers_taken;
+static long long groups_resent;
+
 /* readiness: a check handle at the end of the iteration, or a timerfd */
 static uv_check_t ready_check;
 static uv_poll_t wait_poll;
@@ -284,6 +289,8 @@ transfers_take_group(void)
 	if (pending_count == 0)
 		group_ready = false;
 	g->n = n;
+	groups_taken++;
+	transfers_taken += n;
 
 	qsort(g->reqs, n, sizeof(Request *), compare_keys);
 	if (!group_build_statement(g))
@@ -314,6 +321,7 @@ transfers_fail_pending(void)
 static void
 group_resend(TransferGroup *g)
 {
+	groups_resent++;
 	if (!group_build_statement(g))
 		group_fail(g, 500, "out of memory");
 	else
@@ -454,4 +462,13 @@ group_done(DbWork *work, PGresult *res)
 			respond_sql_error(g->reqs[i], res);
 		group_free(g);
 	}
+}
+
+void
+transfers_report(void)
+{
+	if (groups_taken > 0)
+		log_message("%lld transfers in %lld groups (%.1f a group), %lld statements sent again",
+					transfers_taken, groups_taken,
+					(double) transfers_taken / groups_taken, groups_resent);
 }

@@ -214,6 +214,10 @@ call POST /transfer "{\"from\":1,\"to\":2,\"amount\":1,\"idempotency_key\":\"$(p
 expect "idempotency key too long: 400 with SQLSTATE 22001" 400 '.sqlstate == "22001"'
 call POST /disburse '{"from":1,"to":[2,2],"amounts":[1,1]}'
 expect "disbursement paying one account twice: 400" 400 '.sqlstate == "22023"'
+payees=$(seq -s, 2 1002)
+ones=$(printf '1,%.0s' $(seq 2 1002))
+call POST /disburse "{\"from\":1,\"to\":[$payees],\"amounts\":[${ones%,}]}"
+expect "disbursement to more than ledger.max_payees (1000): 422 with SQLSTATE 54000" 422 '.sqlstate == "54000"'
 call POST /disburse '{"from":1,"to":[2,"x"],"amounts":[1,1]}'
 expect "disbursement with a non-integer payee: 400" 400 '.error | contains("to")'
 head -c 70000 /dev/zero | tr '\0' ' ' >"$T/big.json"
@@ -248,6 +252,10 @@ out=$(raw 'GET /accounts/1/bal')
 	not_ok "a client that stops mid-headers: 408, then closed" "$out"
 
 echo "--- keep-alive and pipelining"
+out=$(raw 'GET /accounts/1/balance HTTP/1.0\r\n\r\n')
+[ "$(statuses <<<"$out")" = 200 ] && grep -qi '^connection: close' <<<"$out" &&
+	ok "HTTP/1.0 without keep-alive: answered, then closed" ||
+	not_ok "HTTP/1.0 without keep-alive: answered, then closed" "$out"
 n=$(curl -s -o /dev/null -o /dev/null -w '%{num_connects}\n' "$H/accounts/1/balance" "$H/accounts/2/balance" | tr '\n' ' ')
 [ "$n" = "1 0 " ] && ok "two requests from curl share one keep-alive connection" ||
 	not_ok "two requests from curl share one keep-alive connection" "connects: $n"
