@@ -285,6 +285,29 @@ done
 	not_ok "no client connection left open" "$(open_fds) fds open, $baseline_fds at start"
 kill -0 "$HTTP_PID" && ok "still running after all that" || not_ok "still running after all that"
 
+echo "--- concurrent requests sharing idempotency keys"
+# 40 requests at once, 4 for each of 10 keys: transfers grouped in any order
+# on any connection, each key must still make exactly one event.
+pids=()
+for k in $(seq 1 10); do
+	for r in 1 2 3 4; do
+		curl -s -m 30 -o "$T/idem.$k.$r.body" -w '%{http_code}' -X POST "$H/transfer" \
+			--data-binary "{\"from\":7,\"to\":8,\"amount\":1,\"idempotency_key\":\"concurrent-$k\"}" \
+			>"$T/idem.$k.$r.status" &
+		pids+=($!)
+	done
+done
+wait "${pids[@]}"
+s=$(cat "$T"/idem.*.status | tr -d '\n' | sed 's/202//g')
+[ -z "$s" ] && ok "40 concurrent transfers: all 202" || not_ok "40 concurrent transfers: all 202" "$(cat "$T"/idem.*.status)"
+bad=0
+for k in $(seq 1 10); do
+	[ "$(cat "$T"/idem.$k.*.body | jq .event_id | sort -u | wc -l)" = 1 ] || bad=$((bad + 1))
+done
+n=$(cat "$T"/idem.*.body | jq .event_id | sort -u | wc -l)
+[ "$bad" = 0 ] && [ "$n" = 10 ] && ok "... one event per key, ten in all" ||
+	not_ok "... one event per key, ten in all" "$bad keys with several events, $n events"
+
 echo "--- PostgreSQL going away and coming back"
 stop_server "$DIR"
 call POST /transfer '{"from":1,"to":2,"amount":1}'
