@@ -242,46 +242,116 @@ lookup_accounts(int64 *ids, int n)
 }
 
 /*
- * Claim an idempotency key for a new event id.  Returns true with the new id
- * if the key is new, or false with the id of the event that first used it.
- * A concurrent transaction inserting the same key makes us wait for its
- * outcome, so two racing callers get one event between them.
+ * Draw a new event id.  The transaction gets its xid first: the workers'
+ * low-water marks rely on every drawn id belonging to a transaction with
+ * an xid (see BucketState in apply.c).
  */
-static bool
-claim_idempotency_key(text *key, int64 *event_id)
+static int64
+draw_event_id(void)
+{
+	(void) GetTopTransactionId();
+	return nextval_internal(get_relname_relid("event_id_seq",
+											  get_namespace_oid("ledger", false)),
+							false);
+}
+
+/* An idempotency key, and the event that holds it. */
+typedef struct ClaimedKey
+{
+	char		key[LEDGER_MAX_KEY_LENGTH + 1];
+	int64		event_id;
+} ClaimedKey;
+
+/*
+ * Claim the idempotency keys of n new events.  keys[i] is NULL for an event
+ * without one; ids[i] is the id drawn for the event, replaced by the id of
+ * the event that first used its key when that was another one.  Returns, for
+ * each event, whether it is new and so must be queued.  A concurrent
+ * transaction inserting the same key makes us wait for its outcome, so two
+ * racing callers get one event between them.
+ */
+static bool *
+claim_idempotency_keys(text **keys, int64 *ids, int n)
 {
 	static SPIPlanPtr insert_plan = NULL;
 	static SPIPlanPtr select_plan = NULL;
-	Oid			argtype = TEXTOID;
-	Datum		arg = PointerGetDatum(key);
-	bool		isnull;
+	Oid			argtypes[2] = {TEXTARRAYOID, INT8ARRAYOID};
+	Datum	   *key_datums = palloc(sizeof(Datum) * n);
+	int64	   *key_ids = palloc(sizeof(int64) * n);
+	bool	   *is_new = palloc(sizeof(bool) * n);
+	Datum		args[2];
+	HTAB	   *claimed;
+	HASHCTL		ctl;
+	int			nkeys = 0;
+	uint64		row;
+	int			i;
 
+	for (i = 0; i < n; i++)
+	{
+		is_new[i] = true;
+		if (keys[i] == NULL)
+			continue;
+		key_datums[nkeys] = PointerGetDatum(keys[i]);
+		key_ids[nkeys] = ids[i];
+		nkeys++;
+	}
+	if (nkeys == 0)
+		return is_new;
+
+	/* of elements sharing a key, the first claims it; the rest conflict */
 	prepare_plan(&insert_plan,
 				 "INSERT INTO ledger.idempotency (key, event_id)"
-				 " VALUES ($1, nextval('ledger.event_id_seq'))"
-				 " ON CONFLICT (key) DO NOTHING RETURNING event_id",
-				 1, &argtype);
-	if (SPI_execute_plan(insert_plan, &arg, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not record idempotency key");
-	if (SPI_processed == 1)
-	{
-		*event_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-												SPI_tuptable->tupdesc, 1, &isnull));
-		return true;
-	}
+				 " SELECT u.key, u.event_id FROM unnest($1, $2) AS u(key, event_id)"
+				 " ON CONFLICT (key) DO NOTHING",
+				 2, argtypes);
+	args[0] = PointerGetDatum(construct_array(key_datums, nkeys, TEXTOID, -1,
+											  false, TYPALIGN_INT));
+	args[1] = bigint_array(key_ids, nkeys);
+	if (SPI_execute_plan(insert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record idempotency keys");
 
 	prepare_plan(&select_plan,
-				 "SELECT i.event_id FROM ledger.idempotency i WHERE i.key = $1",
-				 1, &argtype);
-	if (SPI_execute_plan(select_plan, &arg, NULL, false, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("could not read the event of an idempotency key in use"),
-				 errhint("Retry the call.")));
-	*event_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											SPI_tuptable->tupdesc, 1, &isnull));
-	return false;
+				 "SELECT i.key, i.event_id FROM ledger.idempotency i"
+				 " WHERE i.key = ANY ($1)",
+				 1, argtypes);
+	if (SPI_execute_plan(select_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read idempotency keys");
+
+	ctl.keysize = sizeof(((ClaimedKey *) NULL)->key);
+	ctl.entrysize = sizeof(ClaimedKey);
+	ctl.hcxt = CurrentMemoryContext;
+	claimed = hash_create("ledger idempotency keys", Max(SPI_processed, 16),
+						  &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	for (row = 0; row < SPI_processed; row++)
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[row];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		ClaimedKey *entry;
+		bool		isnull;
+
+		entry = hash_search(claimed, SPI_getvalue(tuple, desc, 1), HASH_ENTER, NULL);
+		entry->event_id = DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull));
+	}
+
+	for (i = 0; i < n; i++)
+	{
+		ClaimedKey *entry;
+
+		if (keys[i] == NULL)
+			continue;
+		entry = hash_search(claimed, text_to_cstring(keys[i]), HASH_FIND, NULL);
+		if (entry == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not read the event of an idempotency key in use"),
+					 errhint("Retry the call.")));
+		if (entry->event_id != ids[i])
+		{
+			ids[i] = entry->event_id;
+			is_new[i] = false;
+		}
+	}
+	return is_new;
 }
 
 /*
@@ -296,29 +366,22 @@ enqueue(Movement *m, int bucket)
 	INT8OID, INT8ARRAYOID, INT8ARRAYOID};
 	Datum		values[8];
 	char		nulls[8];
-	int64		event_id = 0;
-	bool		isnull;
-
-	/* an xid before an id: the workers' low-water marks rely on it */
-	(void) GetTopTransactionId();
+	int64		event_id = draw_event_id();
 
 	if (m->idempotency_key != NULL &&
-		!claim_idempotency_key(m->idempotency_key, &event_id))
+		!claim_idempotency_keys(&m->idempotency_key, &event_id, 1)[0])
 		return event_id;
 
 	prepare_plan(&plan,
 				 "INSERT INTO ledger.queue (bucket, seq, id, kind, account_id,"
 				 " to_account, amount, to_accounts, amounts, enqueued_at)"
-				 " SELECT $1, n.id, n.id, $3, $4, $5, $6, $7, $8,"
-				 "        statement_timestamp()"
-				 "   FROM (SELECT COALESCE($2, nextval('ledger.event_id_seq')) AS id) n"
-				 " RETURNING id",
+				 " VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8,"
+				 "         statement_timestamp())",
 				 8, argtypes);
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int32GetDatum(bucket);
 	values[1] = Int64GetDatum(event_id);
-	nulls[1] = m->idempotency_key ? ' ' : 'n';
 	values[2] = CharGetDatum(m->kind);
 	values[3] = Int64GetDatum(m->account_id);
 	values[4] = Int64GetDatum(m->to_account);
@@ -329,11 +392,8 @@ enqueue(Movement *m, int bucket)
 	values[7] = m->amounts;
 	nulls[7] = m->amounts ? ' ' : 'n';
 
-	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
-		SPI_processed != 1)
+	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not enqueue event");
-	event_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										   SPI_tuptable->tupdesc, 1, &isnull));
 
 	ledger_wake_at_commit(bucket);
 	return event_id;
@@ -555,103 +615,6 @@ batch_element_context(void *arg)
 		errcontext("transfer %d of the batch", element);
 }
 
-/* An idempotency key of a batch, and the event that holds it. */
-typedef struct ClaimedKey
-{
-	char		key[LEDGER_MAX_KEY_LENGTH + 1];
-	int64		event_id;
-} ClaimedKey;
-
-/*
- * Claim the idempotency keys of a batch.  keys[i] is NULL for an element
- * without one; ids[i] is the id reserved for the element, replaced by the
- * id of the event that first used its key when that was another one.
- * Returns, for each element, whether it is new and so must be queued.
- */
-static bool *
-claim_idempotency_keys(text **keys, int64 *ids, int n)
-{
-	static SPIPlanPtr insert_plan = NULL;
-	static SPIPlanPtr select_plan = NULL;
-	Oid			argtypes[2] = {TEXTARRAYOID, INT8ARRAYOID};
-	Datum	   *key_datums = palloc(sizeof(Datum) * n);
-	int64	   *key_ids = palloc(sizeof(int64) * n);
-	bool	   *is_new = palloc(sizeof(bool) * n);
-	Datum		args[2];
-	HTAB	   *claimed;
-	HASHCTL		ctl;
-	int			nkeys = 0;
-	uint64		row;
-	int			i;
-
-	for (i = 0; i < n; i++)
-	{
-		is_new[i] = true;
-		if (keys[i] == NULL)
-			continue;
-		key_datums[nkeys] = PointerGetDatum(keys[i]);
-		key_ids[nkeys] = ids[i];
-		nkeys++;
-	}
-	if (nkeys == 0)
-		return is_new;
-
-	/* of elements sharing a key, the first claims it; the rest conflict */
-	prepare_plan(&insert_plan,
-				 "INSERT INTO ledger.idempotency (key, event_id)"
-				 " SELECT u.key, u.event_id FROM unnest($1, $2) AS u(key, event_id)"
-				 " ON CONFLICT (key) DO NOTHING",
-				 2, argtypes);
-	args[0] = PointerGetDatum(construct_array(key_datums, nkeys, TEXTOID, -1,
-											  false, TYPALIGN_INT));
-	args[1] = bigint_array(key_ids, nkeys);
-	if (SPI_execute_plan(insert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not record idempotency keys");
-
-	prepare_plan(&select_plan,
-				 "SELECT i.key, i.event_id FROM ledger.idempotency i"
-				 " WHERE i.key = ANY ($1)",
-				 1, argtypes);
-	if (SPI_execute_plan(select_plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read idempotency keys");
-
-	ctl.keysize = sizeof(((ClaimedKey *) NULL)->key);
-	ctl.entrysize = sizeof(ClaimedKey);
-	ctl.hcxt = CurrentMemoryContext;
-	claimed = hash_create("ledger idempotency keys", Max(SPI_processed, 16),
-						  &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-	for (row = 0; row < SPI_processed; row++)
-	{
-		HeapTuple	tuple = SPI_tuptable->vals[row];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		ClaimedKey *entry;
-		bool		isnull;
-
-		entry = hash_search(claimed, SPI_getvalue(tuple, desc, 1), HASH_ENTER, NULL);
-		entry->event_id = DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull));
-	}
-
-	for (i = 0; i < n; i++)
-	{
-		ClaimedKey *entry;
-
-		if (keys[i] == NULL)
-			continue;
-		entry = hash_search(claimed, text_to_cstring(keys[i]), HASH_FIND, NULL);
-		if (entry == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not read the event of an idempotency key in use"),
-					 errhint("Retry the call.")));
-		if (entry->event_id != ids[i])
-		{
-			ids[i] = entry->event_id;
-			is_new[i] = false;
-		}
-	}
-	return is_new;
-}
-
 /*
  * ledger_transfer_many(from_accounts[], to_accounts[], amounts[],
  * idempotency_keys[]) - enqueue many transfers in one call, each under the
@@ -682,7 +645,6 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 	int			naccounts;
 	int			nqueued;
 	int			element = 0;
-	Oid			seq;
 	int			i;
 
 	require_arg(fcinfo, 0, "from_accounts");
@@ -750,11 +712,9 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 	lookup_buckets(accounts, naccounts, account_buckets);
 
 	/* ids in call order, so that the transfers apply in that order */
-	(void) GetTopTransactionId();
-	seq = get_relname_relid("event_id_seq", get_namespace_oid("ledger", false));
 	ids = palloc(sizeof(int64) * n);
 	for (i = 0; i < n; i++)
-		ids[i] = nextval_internal(seq, false);
+		ids[i] = draw_event_id();
 	is_new = claim_idempotency_keys(keys, ids, n);
 
 	for (i = 0; i < 5; i++)
