@@ -13,6 +13,7 @@
 #ifndef LEDGER_H
 #define LEDGER_H
 
+#include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "storage/condition_variable.h"
 #include "storage/itemptr.h"
@@ -109,6 +110,8 @@ extern LedgerSharedState *ledger_shared;
 
 /* ledger.c */
 extern int	ledger_worker_of_bucket(int bucket);
+extern SPIPlanPtr ledger_prepare_plan(SPIPlanPtr *plan, const char *sql,
+									  int nargs, Oid *argtypes);
 
 /* wait.c */
 extern void ledger_wake_at_commit(int bucket);

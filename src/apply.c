@@ -176,22 +176,6 @@ static int	nserved_buckets = 0;
 static SPIPlanPtr fetch_plan = NULL;
 static SPIPlanPtr load_plan = NULL;
 
-static SPIPlanPtr
-prepare_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
-{
-	if (*plan == NULL)
-	{
-		SPIPlanPtr	p = SPI_prepare(sql, nargs, argtypes);
-
-		if (p == NULL)
-			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
-				 sql, SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		*plan = p;
-	}
-	return *plan;
-}
-
 static void
 free_plan(SPIPlanPtr *plan)
 {
@@ -361,7 +345,7 @@ fetch_batch(BucketState *b, int batch_size, int *nevents)
 	QueuedEvent *events;
 	uint64		i;
 
-	prepare_plan(&fetch_plan,
+	ledger_prepare_plan(&fetch_plan,
 				 "SELECT q.ctid, q.* FROM ledger.queue q"
 				 " WHERE q.bucket = $1 AND q.seq >= $2"
 				 " ORDER BY q.seq"
@@ -464,7 +448,7 @@ load_accounts(QueuedEvent *events, int nevents, int bucket)
 	if (nids == 0)
 		return;
 
-	prepare_plan(&load_plan,
+	ledger_prepare_plan(&load_plan,
 				 "SELECT a.id, a.bucket, a.allow_negative,"
 				 "       t.id, t.balance_after, b.last_txn_id, b.current_balance"
 				 "  FROM ledger.accounts a"

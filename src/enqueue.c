@@ -42,22 +42,6 @@ typedef struct Movement
 	text	   *idempotency_key;	/* or NULL */
 } Movement;
 
-static SPIPlanPtr
-prepare_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
-{
-	if (*plan == NULL)
-	{
-		SPIPlanPtr	p = SPI_prepare(sql, nargs, argtypes);
-
-		if (p == NULL)
-			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
-				 sql, SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		*plan = p;
-	}
-	return *plan;
-}
-
 static void
 require_arg(FunctionCallInfo fcinfo, int argno, const char *name)
 {
@@ -186,7 +170,7 @@ lookup_buckets(int64 *ids, int n, int *buckets)
 	uint64		row;
 	int			i;
 
-	prepare_plan(&plan,
+	ledger_prepare_plan(&plan,
 				 "SELECT a.id, a.bucket FROM ledger.accounts a"
 				 " WHERE a.id = ANY ($1)",
 				 1, &argtype);
@@ -299,7 +283,7 @@ claim_idempotency_keys(text **keys, int64 *ids, int n)
 		return is_new;
 
 	/* of elements sharing a key, the first claims it; the rest conflict */
-	prepare_plan(&insert_plan,
+	ledger_prepare_plan(&insert_plan,
 				 "INSERT INTO ledger.idempotency (key, event_id)"
 				 " SELECT u.key, u.event_id FROM unnest($1, $2) AS u(key, event_id)"
 				 " ON CONFLICT (key) DO NOTHING",
@@ -310,7 +294,7 @@ claim_idempotency_keys(text **keys, int64 *ids, int n)
 	if (SPI_execute_plan(insert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record idempotency keys");
 
-	prepare_plan(&select_plan,
+	ledger_prepare_plan(&select_plan,
 				 "SELECT i.key, i.event_id FROM ledger.idempotency i"
 				 " WHERE i.key = ANY ($1)",
 				 1, argtypes);
@@ -372,7 +356,7 @@ enqueue(Movement *m, int bucket)
 		!claim_idempotency_keys(&m->idempotency_key, &event_id, 1)[0])
 		return event_id;
 
-	prepare_plan(&plan,
+	ledger_prepare_plan(&plan,
 				 "INSERT INTO ledger.queue (bucket, seq, id, kind, account_id,"
 				 " to_account, amount, to_accounts, amounts, enqueued_at)"
 				 " VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8,"
@@ -423,7 +407,7 @@ ledger_open_account(PG_FUNCTION_ARGS)
 	check_account_id(account_id);
 
 	SPI_connect();
-	prepare_plan(&insert_plan,
+	ledger_prepare_plan(&insert_plan,
 				 "INSERT INTO ledger.accounts (id, allow_negative, bucket)"
 				 " VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
 				 3, argtypes);
@@ -437,7 +421,7 @@ ledger_open_account(PG_FUNCTION_ARGS)
 	{
 		bool		existing;
 
-		prepare_plan(&select_plan,
+		ledger_prepare_plan(&select_plan,
 					 "SELECT a.allow_negative FROM ledger.accounts a WHERE a.id = $1",
 					 1, argtypes);
 		if (SPI_execute_plan(select_plan, values, NULL, false, 1) != SPI_OK_SELECT ||
@@ -741,7 +725,7 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 
 	if (nqueued > 0)
 	{
-		prepare_plan(&queue_plan,
+		ledger_prepare_plan(&queue_plan,
 					 "INSERT INTO ledger.queue (bucket, seq, id, kind, account_id,"
 					 " to_account, amount, enqueued_at)"
 					 " SELECT u.bucket, u.id, u.id, 't', u.account_id, u.to_account,"

@@ -12,6 +12,7 @@
  */
 #include "postgres.h"
 
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
 #include <limits.h>
@@ -184,6 +185,27 @@ ledger_shmem_startup(void)
 			SpinLockInit(&ledger_shared->workers[i].mutex);
 	}
 	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * Prepare an SPI plan once per backend and keep it.  The API functions run
+ * with search_path pinned, and a kept plan is replanned with the search_path
+ * it was made with, so callers' paths never reach it.
+ */
+SPIPlanPtr
+ledger_prepare_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(sql, nargs, argtypes);
+
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+				 sql, SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		*plan = p;
+	}
+	return *plan;
 }
 
 /*

@@ -108,27 +108,19 @@ static const char *
 event_status(int64 event_id, bool *own)
 {
 	static SPIPlanPtr plan = NULL;
+	Oid			argtype = INT8OID;
 	Datum		arg = Int64GetDatum(event_id);
 	HeapTuple	row;
 	TupleDesc	desc;
 	Datum		value;
 	bool		isnull;
 
-	if (plan == NULL)
-	{
-		Oid			argtype = INT8OID;
-
-		plan = SPI_prepare("SELECT (SELECT q.xmin FROM ledger.queue q"
-						   "         WHERE q.id = $1 LIMIT 1),"
-						   "       (SELECT e.status FROM ledger.events e"
-						   "         WHERE e.id = $1)",
-						   1, &argtype);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-	}
-
+	ledger_prepare_plan(&plan,
+						"SELECT (SELECT q.xmin FROM ledger.queue q"
+						"         WHERE q.id = $1 LIMIT 1),"
+						"       (SELECT e.status FROM ledger.events e"
+						"         WHERE e.id = $1)",
+						1, &argtype);
 	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not look up event " INT64_FORMAT, event_id);
