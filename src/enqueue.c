@@ -282,10 +282,16 @@ claim_idempotency_keys(text **keys, int64 *ids, int n)
 	if (nkeys == 0)
 		return is_new;
 
-	/* of elements sharing a key, the first claims it; the rest conflict */
+	/*
+	 * Of events sharing a key, the first claims it; the rest conflict.  Keys
+	 * are inserted in key order, so that two calls waiting on each other's
+	 * keys cannot deadlock.
+	 */
 	ledger_prepare_plan(&insert_plan,
 				 "INSERT INTO ledger.idempotency (key, event_id)"
-				 " SELECT u.key, u.event_id FROM unnest($1, $2) AS u(key, event_id)"
+				 " SELECT u.key, u.event_id"
+				 "   FROM unnest($1, $2) WITH ORDINALITY AS u(key, event_id, n)"
+				 "  ORDER BY u.key COLLATE \"C\", u.n"
 				 " ON CONFLICT (key) DO NOTHING",
 				 2, argtypes);
 	args[0] = PointerGetDatum(construct_array(key_datums, nkeys, TEXTOID, -1,
@@ -680,6 +686,7 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 		if (keys[i])
 			check_key_length(keys[i]);
 	}
+	element = 0;
 
 	/* every account involved, once and sorted, and its bucket */
 	accounts = palloc(sizeof(int64) * 2 * n);
