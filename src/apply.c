@@ -837,7 +837,8 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 	out.breakpoints = ledger_bulk_begin(breakpoints_oid);
 	out.done = palloc(sizeof(ItemPointerData) * nevents);
 	out.ndone = 0;
-	out.now = GetCurrentTransactionStartTimestamp();
+	/* after the read, so that no event is applied before it was enqueued */
+	out.now = GetCurrentTimestamp();
 
 	counts->read = nevents;
 	for (e = 0; e < nevents; e++)

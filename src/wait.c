@@ -143,6 +143,26 @@ event_status(int64 event_id, bool *own)
 }
 
 /*
+ * ledger_event_status(event_id) - "pending", "applied", "rejected", or NULL
+ * for an unknown event.
+ */
+PG_FUNCTION_INFO_V1(ledger_event_status);
+Datum
+ledger_event_status(PG_FUNCTION_ARGS)
+{
+	const char *status;
+	bool		own;
+
+	SPI_connect();
+	status = event_status(PG_GETARG_INT64(0), &own);
+	SPI_finish();
+
+	if (status == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(status));
+}
+
+/*
  * ledger_wait(event_id, timeout_ms) - sleep until the event is applied or
  * rejected, or the timeout passes; return its status.
  *
