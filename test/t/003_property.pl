@@ -1,0 +1,1241 @@
+# A randomized property test: thousands of random API calls, valid and
+# invalid, from several concurrent sessions, then the ledger's invariants.
+#
+# Seeded and reproducible: the seed is printed, and LEDGER_PROPERTY_SEED
+# replays a run's calls (LEDGER_PROPERTY_SESSIONS and LEDGER_PROPERTY_CALLS
+# change its size).  The interleaving of the sessions is the server's.
+#
+# Each session is a psql script of calls to every enqueueing function and to
+# ledger_open_account: random accounts (existing ones, others never opened,
+# ids that are not valid, NULLs), amounts (zero, negative, NULL, near the
+# largest bigint), disbursements with duplicate payees, the payer among its
+# payees, too many payees, empty and two-dimensional arrays, idempotency
+# keys shared between sessions, private to one, reused with other
+# arguments, too long.  Some calls run in transactions that commit, some in
+# transactions that roll back, some in savepoints rolled back to.  Every
+# call goes through prop_call(), which runs it in a subtransaction and
+# returns (and logs into prop_log, which rolls back with the call) its
+# event ids or its SQLSTATE.
+#
+# The test knows in advance which calls are valid and which SQLSTATE each
+# invalid one raises.  Once the queue has drained it checks:
+#  - every call succeeded or failed as predicted;
+#  - every event id a committed call returned exists exactly once, applied
+#    or rejected, holding that call's arguments; no other event exists;
+#    ids returned only by rolled-back calls exist nowhere;
+#  - idempotency keys: one event per key, the same id to every call that
+#    used it (rollbacks undo a key's claim), and calls sharing an id share
+#    a key;
+#  - ledger_verify() is clean, all balances sum to zero, no account that
+#    may not go negative has a negative balance or leg, each applied event
+#    has its legs (2, or 1 + payees), rejected ones none;
+#  - breakpoints agree with the legs they cover (one whose difference lies
+#    beyond bigint is a known defect, a TODO test);
+#  - a model: the balances recomputed in Perl from the applied events are
+#    those ledger_balance() reports, for every account, and the legs are
+#    exactly those the applied events post;
+#  - every rejection was due: for some balance the account could have had
+#    when its event was decided, the event would overdraw or overflow;
+#  - a session's events of one bucket were applied in the order it
+#    enqueued them.
+#
+# Large amounts only move between four "whale" accounts, all in bucket 0, or
+# are withdrawn, or come from accounts that cannot afford them: then no
+# credit crossing buckets can overflow its payee and be held back, and the
+# queue always drains.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use IPC::Run;
+use Math::BigInt;
+use Time::HiRes qw(time);
+
+my $seed      = $ENV{LEDGER_PROPERTY_SEED}     // 20261125;
+my $nsessions = $ENV{LEDGER_PROPERTY_SESSIONS} // 4;
+my $ncalls    = $ENV{LEDGER_PROPERTY_CALLS}    // 1500;
+diag "LEDGER_PROPERTY_SEED=$seed, $nsessions sessions x $ncalls calls";
+srand($seed);
+
+my $bigint_max  = 9223372036854775807;
+my $max_payees  = 8;          # set in every session
+my $max_key     = 256;        # bytes
+my @regular     = (1 .. 30);  # multiples of 7 may go negative
+my @whales      = (1000, 1002, 1004, 1006);    # 1000 and 1002 may go negative
+my $opening     = 50000;      # each regular account's first deposit
+my %shared_flag = (
+	(map { $_ => ($_ % 7 == 0 ? 1 : 0) } @regular),
+	1000 => 1, 1002 => 1, 1004 => 0, 1006 => 0);
+my $tmp = PostgreSQL::Test::Utils::tempdir;
+
+### Generating the calls
+
+sub chance { return rand() < $_[0]; }
+sub pick   { return $_[ int(rand(scalar @_)) ]; }
+
+# A session's private accounts are 10000 * session + 1 .. 40; ids from
+# 900000 are never opened.
+sub private_base { return 10000 * $_[0]; }
+sub unknown_account { return 900000 + int(rand(50)); }
+sub invalid_account { return pick(0, -1, -2, -3 - int(rand(1000))); }
+
+sub account_exists
+{
+	my ($g, $id) = @_;
+
+	return exists $shared_flag{$id} || exists $g->{accounts}{$id};
+}
+
+sub may_go_negative
+{
+	my ($g, $id) = @_;
+
+	return $shared_flag{$id} // $g->{accounts}{$id} // 0;
+}
+
+sub regular_account
+{
+	my ($g) = @_;
+	my $r = rand();
+
+	return pick(@regular) if $r < 0.80;
+	if ($r < 0.88)
+	{
+		my @own = sort { $a <=> $b } keys %{ $g->{accounts} };
+		return @own ? pick(@own) : pick(@regular);
+	}
+	return private_base($g->{session}) + 1 + int(rand(40)) if $r < 0.92;
+	return unknown_account() if $r < 0.95;
+	return invalid_account() if $r < 0.985;
+	return undef;
+}
+
+sub whale_account
+{
+	my $r = rand();
+
+	return pick(@whales) if $r < 0.92;
+	return unknown_account() if $r < 0.96;
+	return invalid_account() if $r < 0.99;
+	return undef;
+}
+
+sub small_amount
+{
+	return chance(0.3) ? 1 + int(rand(100)) : 1 + int(rand(20000));
+}
+
+sub huge_amount
+{
+	return pick(
+		$bigint_max,
+		$bigint_max - int(rand(1000)),
+		4611686018427387904 + int(rand(1000000)),
+		6917529027641081856 + int(rand(1000)));
+}
+
+# An amount: mostly a small one; zero, negative or NULL sometimes; a huge
+# one with probability $huge.
+sub amount
+{
+	my ($huge) = @_;
+	my $r = rand();
+
+	return huge_amount() if $r < $huge;
+	return small_amount() if $r < 0.88;
+	return 0 if $r < 0.92;
+	return pick(-small_amount(), -$bigint_max) if $r < 0.96;
+	return undef if $r < 0.975;
+	return small_amount();
+}
+
+# Huge amounts from a regular account only if it cannot afford them.
+sub huge_chance
+{
+	my ($g, $payer, $whale) = @_;
+
+	return 0.5 if $whale;
+	return 0.05 if !defined $payer || !account_exists($g, $payer);
+	return may_go_negative($g, $payer) ? 0 : 0.05;
+}
+
+# An idempotency key: none, shared by all sessions (only in calls that
+# commit on their own, so that sessions never wait on each other in a
+# cycle), private to the session, or too long.
+sub idempotency_key
+{
+	my ($g, $autocommit) = @_;
+	my $s = $g->{session};
+	my $r = rand();
+
+	return undef if $r < 0.55;
+	return 'g-' . int(rand(40)) if $r < 0.70 && $autocommit;
+	return "s$s-" . int(rand(80)) if $r < 0.96;
+	return pick("s$s-" . ('y' x ($max_key - length("s$s-"))),
+		'x' x ($max_key + 1 + int(rand(50))));
+}
+
+sub private_key
+{
+	my ($g) = @_;
+	my $s = $g->{session};
+
+	return chance(0.3) ? undef : "s$s-" . int(rand(80));
+}
+
+# An array of n values from a generator, sometimes with a NULL.
+sub some_values
+{
+	my ($n, $gen) = @_;
+	my @values = map { $gen->() } 1 .. $n;
+
+	$values[ int(rand($n)) ] = undef if $n > 0 && chance(0.03);
+	return \@values;
+}
+
+# Sometimes an array turns into NULL, two-dimensional or empty.
+sub spoil_array
+{
+	my ($array) = @_;
+	my $r = rand();
+
+	return undef if $r < 0.01;
+	return { dims => 2, elems => [ 1, 2, 3, 4 ] } if $r < 0.02;
+	return [] if $r < 0.03;
+	return $array;
+}
+
+sub gen_open
+{
+	my ($g) = @_;
+	my $r = rand();
+	my ($id, $flag);
+
+	if ($r < 0.6)
+	{
+		$id = private_base($g->{session}) + 1 + int(rand(40));
+		$flag = $g->{accounts}{$id} // (chance(0.3) ? 1 : 0);
+		$flag = 1 - $flag if chance(0.1);
+	}
+	elsif ($r < 0.9)
+	{
+		$id = pick(@regular, @whales);
+		$flag = chance(0.8) ? $shared_flag{$id} : 1 - $shared_flag{$id};
+	}
+	else
+	{
+		$id = pick(undef, invalid_account());
+		$flag = 0;
+	}
+	$flag = undef if defined $id && chance(0.03);
+	return { fn => 'open', account => $id, flag => $flag, omit_flag => defined $flag && !$flag && chance(0.3) };
+}
+
+sub gen_external
+{
+	my ($g, $fn, $whale, $autocommit) = @_;
+	my $account = $whale ? whale_account() : regular_account($g);
+	my $huge =
+	    $fn eq 'withdraw' ? ($whale ? 0.5 : 0.03)
+	  : $whale            ? 0.5
+	  :                     0;
+
+	return {
+		fn      => $fn,
+		account => $account,
+		amount  => amount($huge),
+		key     => idempotency_key($g, $autocommit) };
+}
+
+sub gen_transfer
+{
+	my ($g, $whale, $autocommit) = @_;
+	my $from = $whale ? whale_account() : regular_account($g);
+	my $to   = $whale ? whale_account() : regular_account($g);
+
+	$to = $from if chance(0.03);
+	return {
+		fn     => 'transfer',
+		from   => $from,
+		to     => $to,
+		amount => amount(huge_chance($g, $from, $whale)),
+		key    => idempotency_key($g, $autocommit) };
+}
+
+sub gen_disburse
+{
+	my ($g, $whale, $autocommit) = @_;
+	my $from = $whale ? whale_account() : regular_account($g);
+	my $n = chance(0.05) ? $max_payees + 1 + int(rand(2)) : 1 + int(rand(5));
+	my @payees;
+
+	while (@payees < $n)
+	{
+		my $p = $whale ? whale_account() : regular_account($g);
+
+		# the payer and duplicates only now and then
+		next if defined $p && defined $from && $p == $from && !chance(0.1);
+		next if defined $p && (grep { defined $_ && $_ == $p } @payees) && !chance(0.1);
+		push @payees, $p;
+	}
+	my $huge = huge_chance($g, $from, $whale);
+	my $amounts = some_values($n + (chance(0.03) ? pick(-1, 1) : 0),
+		sub { amount($huge) });
+
+	# the generators give NULL elements; the arrays themselves get spoiled
+	return {
+		fn      => 'disburse',
+		from    => $from,
+		payees  => spoil_array(\@payees),
+		amounts => spoil_array($amounts),
+		key     => idempotency_key($g, $autocommit) };
+}
+
+sub gen_transfer_many
+{
+	my ($g, $whale) = @_;
+	my $n = chance(0.05) ? 0 : 1 + int(rand(5));
+	my (@from, @to, @amounts, @keys);
+
+	for (1 .. $n)
+	{
+		my $from = $whale ? whale_account() : regular_account($g);
+		my $to   = $whale ? whale_account() : regular_account($g);
+
+		$to = $from if chance(0.02);
+		push @from,    $from;
+		push @to,      $to;
+		push @amounts, amount(huge_chance($g, $from, $whale));
+		push @keys,    chance(0.2) && @keys ? pick(@keys) : private_key($g);
+	}
+	push @amounts, small_amount() if chance(0.02);
+	my $keys;
+	if (chance(0.4))
+	{
+		$keys = \@keys;
+		push @keys, private_key($g) if chance(0.03);
+		$keys = { dims => 2, elems => [ 'a', 'b', 'c', 'd' ] } if chance(0.01);
+	}
+	return {
+		fn      => 'transfer_many',
+		from    => spoil_array(\@from),
+		to      => spoil_array(\@to),
+		amounts => spoil_array(\@amounts),
+		keys    => $keys };
+}
+
+# The SQL of a call.
+sub sql_int { return defined $_[0] ? "$_[0]" : 'NULL'; }
+sub sql_text { return defined $_[0] ? "'$_[0]'" : 'NULL'; }
+
+sub sql_array
+{
+	my ($array, $type, $quote) = @_;
+
+	return "NULL::$type\[]" unless defined $array;
+	if (ref($array) eq 'HASH')
+	{
+		my @e = map { $quote->($_) } @{ $array->{elems} };
+		return "ARRAY[[$e[0],$e[1]],[$e[2],$e[3]]]::$type\[]";
+	}
+	return "'{}'::$type\[]" unless @$array;
+	return 'ARRAY[' . join(',', map { $quote->($_) } @$array) . "]::$type\[]";
+}
+
+sub call_sql
+{
+	my ($c) = @_;
+	my $key = defined $c->{key} ? ', ' . sql_text($c->{key}) : (chance(0.5) ? ', NULL' : '');
+
+	if ($c->{fn} eq 'open')
+	{
+		return 'ledger_open_account(' . sql_int($c->{account})
+		  . ($c->{omit_flag} ? '' : ', ' . (defined $c->{flag} ? ($c->{flag} ? 'true' : 'false') : 'NULL'))
+		  . ')';
+	}
+	if ($c->{fn} eq 'deposit' || $c->{fn} eq 'withdraw')
+	{
+		return "ledger_$c->{fn}(" . sql_int($c->{account}) . ', ' . sql_int($c->{amount}) . "$key)";
+	}
+	if ($c->{fn} eq 'transfer')
+	{
+		return 'ledger_transfer(' . sql_int($c->{from}) . ', ' . sql_int($c->{to}) . ', '
+		  . sql_int($c->{amount}) . "$key)";
+	}
+	if ($c->{fn} eq 'disburse')
+	{
+		return 'ledger_disburse(' . sql_int($c->{from}) . ', '
+		  . sql_array($c->{payees}, 'bigint', \&sql_int) . ', '
+		  . sql_array($c->{amounts}, 'bigint', \&sql_int) . "$key)";
+	}
+	return 'ledger_transfer_many('
+	  . join(', ', map { sql_array($c->{$_}, 'bigint', \&sql_int) } qw(from to amounts))
+	  . (defined $c->{keys} || chance(0.5) ? ', ' . sql_array($c->{keys}, 'text', \&sql_text) : '')
+	  . ')';
+}
+
+### Predicting what the enqueue functions say
+
+sub key_too_long { return defined $_[0] && length($_[0]) > $max_key; }
+
+# '2202E' or '22004' when an array is two-dimensional or holds a NULL.
+sub array_problem
+{
+	my ($array) = @_;
+
+	return '2202E' if ref($array) eq 'HASH';
+	return '22004' if grep { !defined } @$array;
+	return undef;
+}
+
+# The SQLSTATE the call raises, in the order the C code checks, or undef
+# when it is valid.
+sub predict
+{
+	my ($g, $c) = @_;
+	my $fn = $c->{fn};
+
+	if ($fn eq 'open')
+	{
+		return '22004' unless defined $c->{account} && (defined $c->{flag} || $c->{omit_flag});
+		return '22023' if $c->{account} <= 0;
+		return undef unless account_exists($g, $c->{account});
+		return may_go_negative($g, $c->{account}) == ($c->{flag} // 0) ? undef : '42710';
+	}
+	if ($fn eq 'deposit' || $fn eq 'withdraw')
+	{
+		return '22004' unless defined $c->{account} && defined $c->{amount};
+		return '22023' if $c->{account} <= 0 || $c->{amount} <= 0;
+		return '22001' if key_too_long($c->{key});
+		return account_exists($g, $c->{account}) ? undef : '23503';
+	}
+	if ($fn eq 'transfer')
+	{
+		return '22004' unless defined $c->{from} && defined $c->{to} && defined $c->{amount};
+		return '22023'
+		  if $c->{from} <= 0 || $c->{to} <= 0 || $c->{from} == $c->{to} || $c->{amount} <= 0;
+		return '22001' if key_too_long($c->{key});
+		return account_exists($g, $c->{from}) && account_exists($g, $c->{to}) ? undef : '23503';
+	}
+	if ($fn eq 'disburse')
+	{
+		return '22004' unless defined $c->{from} && defined $c->{payees} && defined $c->{amounts};
+		return '22023' if $c->{from} <= 0;
+		foreach my $array ($c->{payees}, $c->{amounts})
+		{
+			my $problem = array_problem($array);
+			return $problem if $problem;
+		}
+		my @payees  = @{ $c->{payees} };
+		my @amounts = @{ $c->{amounts} };
+		return '22023' if !@payees || @payees != @amounts;
+		return '54000' if @payees > $max_payees;
+		my $total = Math::BigInt->new(0);
+		foreach my $i (0 .. $#payees)
+		{
+			return '22023' if $payees[$i] <= 0 || $payees[$i] == $c->{from} || $amounts[$i] <= 0;
+			$total->badd($amounts[$i]);
+			return '22003' if $total > $bigint_max;
+		}
+		my %seen;
+		return '22023' if grep { $seen{$_}++ } @payees;
+		return '22001' if key_too_long($c->{key});
+		return (grep { !account_exists($g, $_) } $c->{from}, @payees) ? '23503' : undef;
+	}
+
+	# transfer_many
+	return '22004' unless defined $c->{from} && defined $c->{to} && defined $c->{amounts};
+	foreach my $array ($c->{from}, $c->{to}, $c->{amounts})
+	{
+		my $problem = array_problem($array);
+		return $problem if $problem;
+	}
+	my $n = @{ $c->{from} };
+	return '22023' if @{ $c->{to} } != $n || @{ $c->{amounts} } != $n;
+	if (defined $c->{keys})
+	{
+		return '2202E' if ref($c->{keys}) eq 'HASH';
+		return '22023' if @{ $c->{keys} } != $n;
+	}
+	foreach my $i (0 .. $n - 1)
+	{
+		my ($from, $to, $amount) = ($c->{from}[$i], $c->{to}[$i], $c->{amounts}[$i]);
+
+		return '22023' if $from <= 0 || $to <= 0 || $from == $to || $amount <= 0;
+		return '22001' if $c->{keys} && key_too_long($c->{keys}[$i]);
+	}
+	foreach my $i (0 .. $n - 1)
+	{
+		return '23503'
+		  unless account_exists($g, $c->{from}[$i]) && account_exists($g, $c->{to}[$i]);
+	}
+	return undef;
+}
+
+# The events a valid call enqueues, as the rows of ledger.events would
+# show them (kind|account_id|to_account|amount|to_accounts|amounts), with
+# their idempotency keys.
+sub call_events
+{
+	my ($c) = @_;
+	my $fn = $c->{fn};
+
+	return () if $fn eq 'open';
+	return ([ join('|', substr($fn, 0, 1), $c->{account}, '', $c->{amount}, '', ''), $c->{key} ])
+	  if $fn eq 'deposit' || $fn eq 'withdraw';
+	return ([ join('|', 't', $c->{from}, $c->{to}, $c->{amount}, '', ''), $c->{key} ])
+	  if $fn eq 'transfer';
+	if ($fn eq 'disburse')
+	{
+		my $total = Math::BigInt->new(0);
+		$total->badd($_) foreach @{ $c->{amounts} };
+		return ([
+			join('|', 's', $c->{from}, '', $total->bstr,
+				'{' . join(',', @{ $c->{payees} }) . '}',
+				'{' . join(',', @{ $c->{amounts} }) . '}'),
+			$c->{key} ]);
+	}
+	return map {
+		[ join('|', 't', $c->{from}[$_], $c->{to}[$_], $c->{amounts}[$_], '', ''),
+		  $c->{keys} ? $c->{keys}[$_] : undef ]
+	} 0 .. $#{ $c->{from} };
+}
+
+# A call: generated, predicted against the session's state, which a valid
+# open changes.
+sub gen_call
+{
+	my ($g, $n, $autocommit) = @_;
+	my $whale = chance(0.1);
+	my $r = rand();
+	my $c =
+	    $r < 0.06 ? gen_open($g)
+	  : $r < 0.24 ? gen_external($g, 'deposit', $whale, $autocommit)
+	  : $r < 0.36 ? gen_external($g, 'withdraw', $whale, $autocommit)
+	  : $r < 0.64 ? gen_transfer($g, $whale, $autocommit)
+	  : $r < 0.84 ? gen_disburse($g, $whale, $autocommit)
+	  :             gen_transfer_many($g, $whale);
+
+	$c->{op}     = 'call';
+	$c->{n}      = $n;
+	$c->{sql}    = call_sql($c);
+	$c->{expect} = predict($g, $c);
+	$g->{accounts}{ $c->{account} } = $c->{flag} // 0
+	  if $c->{fn} eq 'open' && !defined $c->{expect};
+	return $c;
+}
+
+sub copy_state
+{
+	my ($g) = @_;
+
+	return { session => $g->{session}, accounts => { %{ $g->{accounts} } } };
+}
+
+# A session's operations: calls on their own, and transactions of a few
+# calls, maybe with a savepoint, that commit or roll back.
+sub gen_session
+{
+	my ($s) = @_;
+	my $g = { session => $s, accounts => {} };
+	my @ops;
+	my $n = 0;
+
+	while ($n < $ncalls)
+	{
+		if (chance(0.65))
+		{
+			push @ops, gen_call($g, ++$n, 1);
+			next;
+		}
+		my $at_begin = copy_state($g);
+		my $size     = 1 + int(rand(6));
+		my $sp_at    = chance(0.5) ? int(rand($size)) : -1;
+		my $at_savepoint;
+
+		push @ops, { op => 'BEGIN' };
+		foreach my $i (0 .. $size - 1)
+		{
+			last if $n >= $ncalls;
+			if ($i == $sp_at)
+			{
+				push @ops, { op => 'SAVEPOINT' };
+				$at_savepoint = copy_state($g);
+			}
+			push @ops, gen_call($g, ++$n, 0);
+		}
+		if ($at_savepoint)
+		{
+			if (chance(0.5))
+			{
+				push @ops, { op => 'ROLLBACK TO' };
+				$g = $at_savepoint;
+				push @ops, gen_call($g, ++$n, 0) if $n < $ncalls && chance(0.5);
+			}
+			else
+			{
+				push @ops, { op => 'RELEASE' };
+			}
+		}
+		if (chance(0.65))
+		{
+			push @ops, { op => 'COMMIT' };
+		}
+		else
+		{
+			push @ops, { op => 'ROLLBACK' };
+			$g = $at_begin;
+		}
+	}
+	return \@ops;
+}
+
+sub session_script
+{
+	my ($s, $ops) = @_;
+	my %sql = (
+		'BEGIN'       => 'BEGIN;',
+		'SAVEPOINT'   => 'SAVEPOINT sp;',
+		'ROLLBACK TO' => 'ROLLBACK TO SAVEPOINT sp;',
+		'RELEASE'     => 'RELEASE SAVEPOINT sp;',
+		'COMMIT'      => 'COMMIT;',
+		'ROLLBACK'    => 'ROLLBACK;');
+	my $script = "SET ledger.max_payees = $max_payees;\n";
+
+	foreach my $op (@$ops)
+	{
+		$script .=
+		  $op->{op} eq 'call'
+		  ? "SELECT prop_call($s, $op->{n}, \$c\$$op->{sql}\$c\$);\n"
+		  : "$sql{$op->{op}}\n";
+	}
+	return $script;
+}
+
+### The server, and the accounts every session shares
+
+my $node = PostgreSQL::Test::Cluster->new('property');
+$node->init;
+$node->append_conf(
+	'postgresql.conf', qq{
+shared_preload_libraries = 'ledger'
+ledger.database = 'postgres'
+ledger.buckets = 2
+ledger.poll_interval = '100ms'
+ledger.batch_size = 20    # many batches, each with several sessions' events
+ledger.breakpoint_interval = 7
+max_connections = 30
+log_statement = 'none'
+});
+$node->start;
+$node->safe_psql(
+	'postgres', q{
+CREATE EXTENSION ledger;
+CREATE TABLE prop_log (session integer, n integer, ok boolean, result text,
+					   PRIMARY KEY (session, n));
+CREATE FUNCTION prop_call(s integer, n integer, call text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+	r text;
+BEGIN
+	BEGIN
+		EXECUTE 'SELECT (' || call || ')::text' INTO r;
+	EXCEPTION WHEN OTHERS THEN
+		INSERT INTO prop_log VALUES (s, n, false, SQLSTATE);
+		RETURN s || ' ' || n || ' err ' || SQLSTATE;
+	END;
+	INSERT INTO prop_log VALUES (s, n, true, r);
+	RETURN s || ' ' || n || ' ok ' || r;
+END
+$$;
+});
+
+# Session 0: the shared accounts and their first deposits.
+my @setup;
+foreach my $id (@regular, @whales)
+{
+	push @setup,
+	  { op => 'call', fn => 'open', account => $id, flag => $shared_flag{$id} };
+}
+foreach my $id (@regular)
+{
+	push @setup,
+	  { op => 'call', fn => 'deposit', account => $id, amount => $opening };
+}
+foreach my $i (0 .. $#setup)
+{
+	$setup[$i]{n}      = $i + 1;
+	$setup[$i]{sql}    = call_sql({ %{ $setup[$i] }, key => undef });
+	$setup[$i]{expect} = undef;
+}
+my %outputs;
+$outputs{0} = $node->safe_psql('postgres', session_script(0, \@setup));
+
+### The sessions, at the same time
+
+my %ops = (0 => \@setup);
+foreach my $s (1 .. $nsessions)
+{
+	$ops{$s} = gen_session($s);
+	append_to_file("$tmp/session$s.sql", session_script($s, $ops{$s}));
+}
+my @runs;
+my $started = time;
+foreach my $s (1 .. $nsessions)
+{
+	my $file = "$tmp/session$s.sql";
+	my $run = { session => $s, out => '', err => '' };
+	$run->{handle} = IPC::Run::start(
+		[
+			'psql', '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1',
+			'-d', $node->connstr('postgres'), '-f', $file
+		],
+		'>', \$run->{out}, '2>', \$run->{err});
+	push @runs, $run;
+}
+foreach my $run (@runs)
+{
+	my $ok = eval { $run->{handle}->finish };
+	ok($ok, "session $run->{session} ran its script")
+	  or diag "session $run->{session}: $run->{err}";
+	$outputs{ $run->{session} } = $run->{out};
+}
+note sprintf('%d sessions x %d calls in %.1f s', $nsessions, $ncalls, time - $started);
+
+ok($node->poll_query_until('postgres', 'SELECT count(*) FROM ledger.queue', '0'),
+	'the queue drains');
+note sprintf('drained after %.1f s', time - $started);
+
+### What the calls did
+
+# A property holds when it has no counterexamples; show a few if it has.
+sub holds
+{
+	my ($name, @problems) = @_;
+
+	ok(!@problems, $name)
+	  or diag(join("\n",
+			(grep { defined } @problems[ 0 .. 9 ]),
+			(@problems > 10 ? ('... ' . scalar(@problems) . ' in all') : ())));
+	return;
+}
+
+my (@calls, @mispredicted, @key_problems, %stats);
+
+# A call's outcome, and the events it returned.  Private keys are checked as
+# the session goes: a key the session holds gives back its event.
+sub record_call
+{
+	my ($s, $op, $r, $keys) = @_;
+	my $call = { session => $s, n => $op->{n}, op => $op, events => [] };
+	my $where = "session $s call $op->{n}: $op->{sql}";
+
+	push @calls, $call;
+	if (!defined $r)
+	{
+		push @mispredicted, "$where: no result";
+		return $call;
+	}
+	my $got = $r->[0] eq 'ok' ? 'ok' : $r->[1];
+	my $expected = $op->{expect} // 'ok';
+	$stats{"$op->{fn}: $got"}++;
+	push @mispredicted, "$where: expected $expected, got $got"
+	  if $got ne $expected;
+	$call->{result} = $r->[0] eq 'ok' ? "ok $r->[1]" : "err $r->[1]";
+	return $call unless $got eq 'ok' && $expected eq 'ok';
+
+	my @ids = $r->[1] =~ /(-?\d+)/g;
+	my @events = call_events($op);
+	if (@ids != @events)
+	{
+		push @mispredicted, "$where: returned '$r->[1]' for " . scalar(@events) . ' events';
+		return $call;
+	}
+	foreach my $i (0 .. $#events)
+	{
+		my ($row, $key) = @{ $events[$i] };
+
+		push @{ $call->{events} }, { id => $ids[$i], row => $row, key => $key };
+		next unless defined $key && $key =~ /^s\d+-/;
+		if (exists $keys->{$key})
+		{
+			push @key_problems,
+			  "$where: key $key returned $ids[$i], the session's key holds $keys->{$key}"
+			  if $ids[$i] ne $keys->{$key};
+			$stats{'private key reused'}++;
+		}
+		else
+		{
+			$keys->{$key} = $ids[$i];
+		}
+	}
+	return $call;
+}
+
+# Walk each session's operations along with its output: which calls
+# committed, what they returned.
+foreach my $s (sort { $a <=> $b } keys %ops)
+{
+	my (%result, %keys, $in_txn, @txn_calls, $mark, %keys_at_begin, %keys_at_savepoint);
+
+	foreach my $line (split(/\n/, $outputs{$s}))
+	{
+		my (undef, $n, $status, $value) = split(/ /, $line, 4);
+		$result{$n} = [ $status, $value // '' ];
+	}
+	foreach my $op (@{ $ops{$s} })
+	{
+		my $kind = $op->{op};
+
+		if ($kind eq 'BEGIN')
+		{
+			$in_txn        = 1;
+			@txn_calls     = ();
+			%keys_at_begin = %keys;
+		}
+		elsif ($kind eq 'SAVEPOINT')
+		{
+			$mark              = scalar(@txn_calls);
+			%keys_at_savepoint = %keys;
+		}
+		elsif ($kind eq 'ROLLBACK TO')
+		{
+			%keys = %keys_at_savepoint;
+			$_->{committed} = 0 foreach splice(@txn_calls, $mark);
+			$stats{'savepoints rolled back to'}++;
+		}
+		elsif ($kind eq 'COMMIT')
+		{
+			$_->{committed} = 1 foreach @txn_calls;
+			$in_txn = 0;
+		}
+		elsif ($kind eq 'ROLLBACK')
+		{
+			%keys = %keys_at_begin;
+			$_->{committed} = 0 foreach @txn_calls;
+			$in_txn = 0;
+		}
+		elsif ($kind eq 'call')
+		{
+			my $call = record_call($s, $op, $result{ $op->{n} }, \%keys);
+
+			if   ($in_txn) { push @txn_calls, $call; }
+			else           { $call->{committed} = 1; }
+		}
+	}
+}
+$stats{'calls committed'}   = grep { $_->{committed} } @calls;
+$stats{'calls rolled back'} = grep { !$_->{committed} } @calls;
+
+holds('every call succeeded or failed as predicted', @mispredicted);
+holds('a key the session holds returns its event, also after rollbacks', @key_problems);
+
+# prop_log holds the outcome of exactly the calls that committed.
+my %logged;
+foreach my $line (split(/\n/,
+	$node->safe_psql('postgres', 'SELECT session, n, ok, result FROM prop_log')))
+{
+	my ($s, $n, $ok, $result) = split(/\|/, $line, 4);
+	$logged{"$s $n"} = ($ok eq 't' ? 'ok ' : 'err ') . ($result // '');
+}
+holds(
+	'prop_log holds the calls that committed, and only those',
+	(map { "session $_->{session} call $_->{n}: committed, logged as " . ($logged{"$_->{session} $_->{n}"} // 'nothing') }
+	  grep { $_->{committed} && ($logged{"$_->{session} $_->{n}"} // '') ne ($_->{result} // '') } @calls),
+	(map { "session $_->{session} call $_->{n}: rolled back, but logged" }
+	  grep { !$_->{committed} && exists $logged{"$_->{session} $_->{n}"} } @calls));
+
+### The ledger's state
+
+my (%event, %account, %legs_of, %idempotency);
+foreach my $line (split(/\n/, $node->safe_psql(
+	'postgres', q{
+SELECT id, kind, account_id, COALESCE(to_account::text, ''), amount,
+	   COALESCE(to_accounts::text, ''), COALESCE(amounts::text, ''), status,
+	   COALESCE(reason, ''), (extract(epoch FROM applied_at) * 1000000)::bigint
+  FROM ledger.events ORDER BY id})))
+{
+	my @f = split(/\|/, $line, -1);
+	$event{ $f[0] } = {
+		id      => $f[0],
+		row     => join('|', @f[ 1 .. 6 ]),
+		kind    => $f[1],
+		account => $f[2],
+		to      => $f[3],
+		amount  => $f[4],
+		payees  => [ $f[5] =~ /(-?\d+)/g ],
+		amounts => [ $f[6] =~ /(-?\d+)/g ],
+		status  => $f[7],
+		reason  => $f[8],
+		at      => $f[9] };
+}
+foreach my $line (split(/\n/, $node->safe_psql('postgres',
+	'SELECT id, allow_negative, bucket, ledger_balance(id) FROM ledger.accounts')))
+{
+	my ($id, $negative, $bucket, $balance) = split(/\|/, $line);
+	$account{$id} = { negative => $negative eq 't', bucket => $bucket, balance => $balance };
+}
+foreach my $line (split(/\n/, $node->safe_psql(
+	'postgres', q{
+SELECT account_id, id, event_id, amount, balance_after,
+	   (extract(epoch FROM created_at) * 1000000)::bigint
+  FROM ledger.transactions ORDER BY account_id, id})))
+{
+	my ($account, $id, $event, $amount, $balance, $at) = split(/\|/, $line);
+	push @{ $legs_of{$account} },
+	  { id => $id, event => $event, amount => $amount, balance => $balance, at => $at };
+}
+foreach my $line (split(/\n/,
+	$node->safe_psql('postgres', 'SELECT key, event_id FROM ledger.idempotency')))
+{
+	my ($key, $id) = split(/\|/, $line);
+	$idempotency{$key} = $id;
+}
+note scalar(keys %event) . ' events, ' . scalar(keys %account) . ' accounts, '
+  . scalar(keys %idempotency) . ' idempotency keys';
+
+# The events the calls returned, committed or not.
+my (%committed_ids, %rolled_back_ids, %elements_of_id);
+foreach my $call (@calls)
+{
+	foreach my $e (@{ $call->{events} })
+	{
+		push @{ $elements_of_id{ $e->{id} } }, { %$e, call => $call };
+		if ($call->{committed}) { push @{ $committed_ids{ $e->{id} } }, $e; }
+		else { $rolled_back_ids{ $e->{id} } = 1; }
+	}
+}
+
+holds(
+	'every event a committed call returned exists, with the arguments of a committed call that returned it',
+	(map { "event $_ was returned by a committed call, but does not exist" }
+	  grep { !exists $event{$_} } sort { $a <=> $b } keys %committed_ids),
+	(map { "event $_ is $event{$_}{row}; its calls asked for " . join(', ', map { $_->{row} } @{ $committed_ids{$_} }) }
+	  grep {
+		my $id = $_;
+		exists $event{$id} && !grep { $_->{row} eq $event{$id}{row} } @{ $committed_ids{$id} }
+	  } sort { $a <=> $b } keys %committed_ids));
+holds('every event was returned by a committed call',
+	map { "event $_ ($event{$_}{row}) was returned by no committed call" }
+	  grep { !exists $committed_ids{$_} } sort { $a <=> $b } keys %event);
+holds('no event returned only by rolled-back calls exists',
+	map { "event $_ was returned only by rolled-back calls, but exists" }
+	  grep { !exists $committed_ids{$_} && exists $event{$_} } sort { $a <=> $b } keys %rolled_back_ids);
+holds(
+	'calls that got the same event id used the same idempotency key',
+	map {
+		my @keys = map { $_->{key} // '(none)' } @{ $elements_of_id{$_} };
+		"event $_ was returned to " . scalar(@keys) . ' calls, with keys ' . join(', ', @keys)
+	  }
+	  grep {
+		my @e = @{ $elements_of_id{$_} };
+		@e > 1 && grep { !defined $_->{key} || $_->{key} ne ($e[0]{key} // '') } @e
+	  } sort { $a <=> $b } keys %elements_of_id);
+
+my (@idempotency_problems, %committed_keys);
+foreach my $call (grep { $_->{committed} } @calls)
+{
+	foreach my $e (grep { defined $_->{key} } @{ $call->{events} })
+	{
+		$committed_keys{ $e->{key} } = 1;
+		push @idempotency_problems,
+		  "key $e->{key}: session $call->{session} call $call->{n} got $e->{id}, the key holds "
+		  . ($idempotency{ $e->{key} } // 'nothing')
+		  if ($idempotency{ $e->{key} } // '') ne $e->{id};
+	}
+}
+push @idempotency_problems, map { "key $_ holds event $idempotency{$_}, which does not exist" }
+  grep { !exists $event{ $idempotency{$_} } } sort keys %idempotency;
+push @idempotency_problems, map { "key $_ was used by no committed call" }
+  grep { !$committed_keys{$_} } sort keys %idempotency;
+holds('every idempotency key holds one existing event, the one every committed call with it got',
+	@idempotency_problems);
+
+### Breakpoints
+
+# Each breakpoint of an account covers the legs after the previous one, up
+# to a leg of the account, and records the balances before and after them
+# and their difference.  That difference may lie beyond bigint: an account
+# that may go negative can swing from near the smallest bigint to near the
+# largest.  ledger.breakpoints.amount_difference is a bigint, and such a
+# difference wraps around (a known defect, left as a TODO test below).
+my (@breakpoint_problems, @wide_breakpoints, %wide_account, %last_breakpoint);
+foreach my $line (split(/\n/, $node->safe_psql(
+	'postgres', q{
+SELECT account_id, previous_balance, current_balance, amount_difference,
+	   first_txn_id, last_txn_id
+  FROM ledger.breakpoints ORDER BY account_id, last_txn_id})))
+{
+	my ($id, $previous, $current, $difference, $first, $last) = split(/\|/, $line);
+	my $where = "breakpoint of account $id up to leg $last";
+	my $expected_first = exists $last_breakpoint{$id} ? $last_breakpoint{$id} + 1 : 1;
+	my ($before, $after) = (0, undef);
+
+	foreach my $leg (@{ $legs_of{$id} // [] })
+	{
+		$before = $leg->{balance} if $leg->{id} < $first;
+		$after  = $leg->{balance} if $leg->{id} == $last;
+	}
+	push @breakpoint_problems, "$where starts at leg $first, not $expected_first"
+	  if $first != $expected_first;
+	push @breakpoint_problems, "$where: previous balance $previous, the legs say $before"
+	  if $previous ne $before;
+	push @breakpoint_problems,
+	  "$where: current balance $current, the legs say " . ($after // 'no such leg')
+	  if $current ne ($after // '');
+	my $true_difference = Math::BigInt->new($current)->bsub($previous);
+	if ($true_difference > $bigint_max || $true_difference < -$bigint_max - 1)
+	{
+		$wide_account{$id} = 1;
+		push @wide_breakpoints,
+		  "$where: amount_difference $difference, but $current - $previous = $true_difference"
+		  if $difference ne $true_difference->bstr;
+	}
+	else
+	{
+		push @breakpoint_problems,
+		  "$where: amount_difference $difference, but $current - $previous = $true_difference"
+		  if $difference ne $true_difference->bstr;
+	}
+	$last_breakpoint{$id} = $last;
+	$stats{breakpoints}++;
+}
+holds('breakpoints agree with the legs they cover', @breakpoint_problems);
+
+my @verify = split(/\n/, $node->safe_psql('postgres', 'SELECT * FROM ledger_verify()'));
+my @verify_wide = grep { /^breakpoint\|(-?\d+)\|/ && $wide_account{$1} } @verify;
+holds('ledger_verify() finds nothing (but the breakpoints of the TODO below)',
+	grep { !(/^breakpoint\|(-?\d+)\|/ && $wide_account{$1}) } @verify);
+if (%wide_account)
+{
+  TODO:
+	{
+		local $TODO =
+		  'breakpoints.amount_difference is a bigint: a difference beyond it wraps around';
+		holds('breakpoints record differences beyond bigint',
+			@wide_breakpoints, map { "ledger_verify(): $_" } @verify_wide);
+	}
+}
+
+is( $node->safe_psql(
+		'postgres', q{
+CREATE TEMP TABLE legs AS
+	SELECT event_id, account_id, count(*) AS n
+	  FROM ledger.transactions GROUP BY event_id, account_id;
+SELECT 'sum of all balances', COALESCE(sum(ledger_balance(id)), 0) FROM ledger.accounts
+UNION ALL
+SELECT 'events recorded twice', count(*) - count(DISTINCT id) FROM ledger.events
+UNION ALL
+SELECT 'events neither applied nor rejected', count(*)
+  FROM ledger.events WHERE status NOT IN ('a', 'r')
+UNION ALL
+SELECT 'rejections for no known reason', count(*)
+  FROM ledger.events
+ WHERE status = 'r' AND reason NOT IN ('insufficient_funds', 'overflow')
+UNION ALL
+SELECT 'negative balances that may not be', count(*)
+  FROM ledger.accounts WHERE NOT allow_negative AND ledger_balance(id) < 0
+UNION ALL
+SELECT 'negative legs that may not be', count(*)
+  FROM ledger.transactions t JOIN ledger.accounts a ON a.id = t.account_id
+ WHERE NOT a.allow_negative AND t.balance_after < 0
+UNION ALL
+SELECT 'accounts with two legs of one event', count(*) FROM legs WHERE n > 1
+UNION ALL
+SELECT 'events with the wrong number of legs', count(*)
+  FROM ledger.events e
+  LEFT JOIN (SELECT event_id, sum(n) AS n FROM legs GROUP BY event_id) l
+	ON l.event_id = e.id
+ WHERE COALESCE(l.n, 0) <> CASE WHEN e.status = 'r' THEN 0
+								WHEN e.kind = 's' THEN 1 + cardinality(e.to_accounts)
+								ELSE 2 END
+UNION ALL
+SELECT 'legs of no event', count(*)
+  FROM ledger.transactions t
+ WHERE NOT EXISTS (SELECT 1 FROM ledger.events e WHERE e.id = t.event_id)
+}),
+	join("\n",
+		'sum of all balances|0',
+		'events recorded twice|0',
+		'events neither applied nor rejected|0',
+		'rejections for no known reason|0',
+		'negative balances that may not be|0',
+		'negative legs that may not be|0',
+		'accounts with two legs of one event|0',
+		'events with the wrong number of legs|0',
+		'legs of no event|0'),
+	'the books balance');
+
+### The model
+
+sub external_of { return -1 - $account{ $_[0] }{bucket}; }
+
+# The legs an applied event posts: [account, amount] pairs.
+sub event_legs
+{
+	my ($e) = @_;
+	my $amount = $e->{amount};
+
+	return ([ $e->{account}, $amount ], [ external_of($e->{account}), -$amount ])
+	  if $e->{kind} eq 'd';
+	return ([ $e->{account}, -$amount ], [ external_of($e->{account}), $amount ])
+	  if $e->{kind} eq 'w';
+	return ([ $e->{account}, -$amount ], [ $e->{to}, $amount ])
+	  if $e->{kind} eq 't';
+	return ([ $e->{account}, -$amount ],
+		map { [ $e->{payees}[$_], $e->{amounts}[$_] ] } 0 .. $#{ $e->{payees} });
+}
+
+my (%model, %model_legs, @model_problems);
+foreach my $e (grep { $_->{status} eq 'a' } map { $event{$_} } sort { $a <=> $b } keys %event)
+{
+	foreach my $leg (event_legs($e))
+	{
+		my ($account, $amount) = @$leg;
+		$model{$account} //= Math::BigInt->new(0);
+		$model{$account}->badd($amount);
+		$model_legs{"$account|$e->{id}|" . Math::BigInt->new($amount)->bstr} = 1;
+	}
+}
+foreach my $id (sort { $a <=> $b } keys %account)
+{
+	my $expected = exists $model{$id} ? $model{$id}->bstr : '0';
+	push @model_problems, "account $id: the model says $expected, ledger_balance() $account{$id}{balance}"
+	  if $expected ne $account{$id}{balance};
+}
+push @model_problems, map { "account $_ is in the model, not in ledger.accounts" }
+  grep { !exists $account{$_} } sort { $a <=> $b } keys %model;
+holds('the model\'s balances are ledger_balance() of every account', @model_problems);
+
+my %actual_legs;
+foreach my $account (keys %legs_of)
+{
+	$actual_legs{"$account|$_->{event}|$_->{amount}"}++ foreach @{ $legs_of{$account} };
+}
+holds(
+	'the legs are exactly those the applied events post, each once',
+	(map { "leg (account|event|amount) $_ is missing" } grep { !$actual_legs{$_} } sort keys %model_legs),
+	(map { "leg $_ is posted $actual_legs{$_} times, but no applied event posts it" }
+	  grep { !$model_legs{$_} } sort keys %actual_legs),
+	(map { "leg $_ is posted $actual_legs{$_} times" } grep { $actual_legs{$_} > 1 } sort keys %actual_legs));
+
+### Rejections
+
+# The balances an account may have had when an event applied at $at was
+# decided: after its last leg of an earlier batch, or after any of its legs
+# of the same batch.
+sub possible_balances
+{
+	my ($id, $at) = @_;
+	my $before = 0;
+	my @same;
+
+	foreach my $leg (@{ $legs_of{$id} // [] })
+	{
+		$before = $leg->{balance} if $leg->{at} < $at;
+		push @same, $leg->{balance} if $leg->{at} == $at;
+	}
+	return map { Math::BigInt->new($_) } ($before, @same);
+}
+
+my $bigint_min = Math::BigInt->new($bigint_max)->bneg->bdec;
+my @unjustified;
+foreach my $e (grep { $_->{status} eq 'r' } map { $event{$_} } sort { $a <=> $b } keys %event)
+{
+	my $amount = Math::BigInt->new($e->{amount});
+	my ($debited, @credited);
+
+	if ($e->{kind} eq 'd')
+	{
+		$debited  = external_of($e->{account});
+		@credited = ([ $e->{account}, $amount ]);
+	}
+	elsif ($e->{kind} eq 'w')
+	{
+		$debited  = $e->{account};
+		@credited = ([ external_of($e->{account}), $amount ]);
+	}
+	else
+	{
+		my @payees = $e->{kind} eq 't' ? ($e->{to}) : @{ $e->{payees} };
+		my @amounts = $e->{kind} eq 't' ? ($e->{amount}) : @{ $e->{amounts} };
+
+		$debited = $e->{account};
+		@credited =
+		  map { [ $payees[$_], Math::BigInt->new($amounts[$_]) ] }
+		  grep { $account{ $payees[$_] }{bucket} == $account{$debited}{bucket} } 0 .. $#payees;
+	}
+
+	my $due;
+	if ($e->{reason} eq 'insufficient_funds')
+	{
+		$due = !$account{$debited}{negative}
+		  && grep { $_ < $amount } possible_balances($debited, $e->{at});
+	}
+	elsif ($e->{reason} eq 'overflow')
+	{
+		$due = (grep { $_ - $amount < $bigint_min } possible_balances($debited, $e->{at}))
+		  || grep {
+			my ($payee, $credit) = @$_;
+			grep { $_ + $credit > $bigint_max } possible_balances($payee, $e->{at})
+		  } @credited;
+	}
+	$stats{"rejected: $e->{reason}"}++;
+	push @unjustified,
+	  "event $e->{id} ($e->{row}) was rejected for $e->{reason}; balances of $debited then: "
+	  . join(', ', possible_balances($debited, $e->{at}))
+	  unless $due;
+}
+holds('every rejection was due', @unjustified);
+
+### Order
+
+# A session's events of one bucket are applied in the order it enqueued
+# them (events without an idempotency key: their session is known).
+my @disorder;
+foreach my $s (1 .. $nsessions)
+{
+	my %last;
+	foreach my $call (grep { $_->{session} == $s && $_->{committed} } @calls)
+	{
+		foreach my $e (grep { !defined $_->{key} } @{ $call->{events} })
+		{
+			my $ev = $event{ $e->{id} } or next;
+			my $bucket = $account{ $ev->{account} }{bucket};
+
+			push @disorder,
+			  "session $s: event $e->{id} was applied before event $last{$bucket}{id}, enqueued earlier"
+			  if $last{$bucket} && $ev->{at} < $last{$bucket}{at};
+			$last{$bucket} = $ev;
+		}
+	}
+}
+holds('a session\'s events of a bucket are applied in the order it enqueued them', @disorder);
+
+### Coverage: the generator keeps reaching what it is meant to
+
+$stats{"applied: $_->{kind}"}++ foreach grep { $_->{status} eq 'a' } values %event;
+$stats{'applied cross-bucket transfers'} = grep {
+	$_->{status} eq 'a' && $_->{kind} eq 't'
+	  && $account{ $_->{account} }{bucket} != $account{ $_->{to} }{bucket}
+} values %event;
+note join("\n", map { "$_: $stats{$_}" } sort keys %stats);
+if ($ncalls * $nsessions >= 2000)
+{
+	my %errors;
+	$errors{ $_->{op}{expect} } = 1 foreach grep { defined $_->{op}{expect} } @calls;
+	is(join(' ', sort keys %errors), '22001 22003 22004 22023 2202E 23503 42710 54000',
+		'the calls raised every kind of error');
+	ok( $stats{'calls rolled back'} && $stats{'savepoints rolled back to'}
+		  && $stats{'private key reused'}
+		  && $stats{'rejected: insufficient_funds'}
+		  && $stats{'rejected: overflow'}
+		  && $stats{'applied: s'}
+		  && $stats{'applied cross-bucket transfers'},
+		'rollbacks, savepoints, reused keys, both rejections and cross-bucket payments happened');
+}
+
+$node->stop;
+done_testing();
