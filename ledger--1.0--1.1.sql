@@ -77,3 +77,4 @@ CREATE OR REPLACE FUNCTION ledger_event_status(event_id bigint)
 RETURNS text
 AS 'MODULE_PATHNAME', 'ledger_event_status'
 LANGUAGE C VOLATILE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+

@@ -561,10 +561,23 @@ write_breakpoint(BatchOutput *out, AccountState *acct)
 static void
 post_leg(BatchOutput *out, AccountState *acct, int64 event_id, int64 amount)
 {
-	TupleTableSlot *slot = ledger_bulk_next_slot(out->legs);
-	Datum	   *v = slot->tts_values;
+	TupleTableSlot *slot;
+	Datum	   *v;
+	int64		difference;
 
 	Assert(acct->owned);
+
+	/*
+	 * A breakpoint records the difference its legs make as a bigint.  An
+	 * account that may go negative can swing further than that between two
+	 * breakpoints: close the current one early when this leg would.
+	 */
+	if (acct->last_txn_id >= acct->bp_first_txn_id &&
+		pg_sub_s64_overflow(acct->balance + amount, acct->bp_balance, &difference))
+		write_breakpoint(out, acct);
+
+	slot = ledger_bulk_next_slot(out->legs);
+	v = slot->tts_values;
 	acct->balance += amount;
 	acct->last_txn_id = nextval_internal(transaction_seq_oid, false);
 	acct->legs_since_bp++;
