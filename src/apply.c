@@ -348,7 +348,7 @@ fetch_batch(BucketState *b, int batch_size, int *nevents)
 	ledger_prepare_plan(&fetch_plan,
 				 "SELECT q.ctid, q.* FROM ledger.queue q"
 				 " WHERE q.bucket = $1 AND q.seq >= $2"
-				 " ORDER BY q.seq"
+				 " ORDER BY q.bucket, q.seq"
 				 " LIMIT $3",
 				 3, argtypes);
 	args[0] = Int32GetDatum(b->bucket);

@@ -159,6 +159,14 @@ ledger_worker_main(Datum main_arg)
 
 	claim_slot();
 	BackgroundWorkerInitializeConnection(ledger_database, NULL, 0);
+
+	/*
+	 * Every read the worker makes is by index.  The queue's statistics never
+	 * describe it for long, since it swings between empty and millions of
+	 * entries: left to them, the planner would now and then read a bucket's
+	 * whole queue and sort it to take the oldest few hundred.
+	 */
+	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	snprintf(name, sizeof(name), "ledger bucket worker %d", my_worker);
 	pgstat_report_appname(name);
 
