@@ -97,18 +97,30 @@ psql_() {
 sql() { psql_ -At -F '|' -c "$1"; }
 
 HTTP_PID=
+STARTED=0
 cleanup() {
 	if [ -n "$HTTP_PID" ]; then
 		kill "$HTTP_PID" 2>/dev/null || true
 		wait "$HTTP_PID" 2>/dev/null || true
 	fi
-	stop_server "$DIR"
+	[ "$STARTED" = 1 ] && stop_server "$DIR"
+	return 0
+}
+
+# One run at a time per directory: a second one (another engineer's, or the
+# test suite's) waits rather than stopping and deleting this one's server.
+take_lock() {
+	exec 9>"$DIR.lock"
+	if ! flock -n 9; then
+		progress "another bench/run.sh is using $DIR; waiting for it to finish"
+		flock 9
+	fi
 }
 
 # start_phase BUCKETS: a fresh server with ledger.buckets = BUCKETS, set up.
 start_phase() {
 	BUCKETS=$1
-	stop_server "$DIR"
+	[ "$STARTED" = 1 ] && stop_server "$DIR"
 	local extra=("${SETTINGS[@]}" "ledger.buckets = $BUCKETS")
 	if [ "$STATEMENTS" = 1 ]; then
 		extra+=("shared_preload_libraries = 'ledger,pg_stat_statements'"
@@ -116,6 +128,7 @@ start_phase() {
 			"track_io_timing = on")
 	fi
 	progress "starting PostgreSQL on port $PORT with ledger.buckets = $BUCKETS (data in $DIR)"
+	STARTED=1
 	start_server "$DIR" "$PORT" "${extra[@]}"
 	mkdir -p "$WORK"
 	chown "$PGUSER_OS" "$WORK"
@@ -597,6 +610,7 @@ plot() {
 
 # ---------------------------------------------------------------- main
 
+take_lock
 need_packages gnuplot-nox wrk postgresql-15 postgresql-client-15
 if [ "$BUILD" = 1 ]; then
 	build_dependencies
@@ -630,6 +644,7 @@ want http && workload_http
 SETTINGS_REPORT=$(settings_report)
 STATEMENTS_2=$(statements_report)
 stop_server "$DIR"
+STARTED=0
 
 build_rows
 write_csv
