@@ -17,6 +17,7 @@
 # and to bench/results/report.txt; the table to bench/results/results.csv and
 # bench/results/results.png.
 source "$(dirname "$0")/../scripts/common.sh"
+shopt -s inherit_errexit
 
 MODE=full
 BUILD=1
@@ -59,6 +60,7 @@ if [ "$MODE" = quick ]; then
 	HTTP_DURATION=3s
 	APPLY_EVENTS=30000
 	DEEP_LEGS=30000
+	DRAIN_TIMEOUT_MS=120000	# a queue that does not drain fails the run
 else
 	REPS=3
 	DURATION=10
@@ -66,6 +68,7 @@ else
 	HTTP_DURATION=10s
 	APPLY_EVENTS=1000000
 	DEEP_LEGS=1000000
+	DRAIN_TIMEOUT_MS=600000
 fi
 # Disbursements write 11 legs each: a tenth as many events keeps the legs
 # written (1.1x) comparable to the transfer mixes (2x).
@@ -138,13 +141,27 @@ start_phase() {
 	return 0
 }
 
+# drain [LASTS]: waits until the queue is empty; prints when it was.  Fails
+# the run, showing what is left, if it is not empty in DRAIN_TIMEOUT_MS.
+drain() {
+	local out lasts=NULL
+	[ -n "${1:-}" ] && lasts="'$1'"
+	if ! out=$(sql "CALL bench.wait_drained($lasts, NULL, $DRAIN_TIMEOUT_MS)"); then
+		progress "ledger.queue did not drain in $DRAIN_TIMEOUT_MS ms; its oldest entries:"
+		psql_ -c "SELECT q.bucket, q.seq, q.id, q.kind, q.account_id, q.enqueued_at,
+						 ledger_event_status(q.id) AS status
+					FROM ledger.queue q ORDER BY q.seq LIMIT 20" >&2
+		exit 1
+	fi
+	echo "$out"
+}
+
 # Seconds from now until the queue is empty (the backlog a run left).
 wait_drained() {
-	psql_ -At <<'SQL'
-SELECT clock_timestamp() AS started \gset
-CALL bench.wait_drained(NULL, NULL) \gset
-SELECT round(extract(epoch FROM :'drained_at'::timestamptz - :'started'::timestamptz)::numeric, 2);
-SQL
+	local started drained
+	started=$(sql "SELECT clock_timestamp()")
+	drained=$(drain)
+	sql "SELECT round(extract(epoch FROM '$drained'::timestamptz - '$started'::timestamptz)::numeric, 2)"
 }
 
 verify_ledger() {
@@ -258,7 +275,7 @@ workload_apply() {
 			n=$APPLY_EVENTS
 			[ "$mix" = disburse ] && n=$DISBURSE_EVENTS
 			load_queue "$mix" "$n"
-			out=$(sql "CALL bench.wait_drained('$LASTS', NULL)")
+			out=$(drain "$LASTS")
 			seconds=$(sql "SELECT extract(epoch FROM '$out'::timestamptz - min(e.applied_at))
 							 FROM ledger.events e WHERE e.id BETWEEN $FIRST AND $LAST")
 			IFS='|' read -r events rejected <<<"$(sql "SELECT count(*), count(*) FILTER (WHERE e.status = 'r')
@@ -343,7 +360,7 @@ workload_balance() {
 	local deep=$((ACCOUNTS + 1)) shallow=$((ACCOUNTS + 2)) rep pk tps1 tps2 nlegs
 	progress "5 balance  giving account $deep $DEEP_LEGS legs"
 	load_queue deep "$DEEP_LEGS"
-	sql "CALL bench.wait_drained('$LASTS', NULL)" >/dev/null
+	drain "$LASTS" >/dev/null
 	sql "VACUUM ANALYZE ledger.transactions" >/dev/null
 	nlegs=$(sql "SELECT count(*) FROM ledger.transactions WHERE account_id = $deep")
 	record "balance/deep/legs" "$nlegs"
