@@ -175,6 +175,7 @@ static int	nserved_buckets = 0;
 
 static SPIPlanPtr fetch_plan = NULL;
 static SPIPlanPtr load_plan = NULL;
+static SPIPlanPtr last_seq_plan = NULL;
 
 static void
 free_plan(SPIPlanPtr *plan)
@@ -199,6 +200,7 @@ ledger_apply_reset(void)
 	ledger_extension_oid = InvalidOid;
 	free_plan(&fetch_plan);
 	free_plan(&load_plan);
+	free_plan(&last_seq_plan);
 }
 
 /* The OID of a relation of schema ledger, whose columns must be these. */
@@ -773,9 +775,12 @@ last_seq_drawn(void)
 {
 	bool		isnull;
 
-	if (SPI_execute("SELECT CASE WHEN s.is_called THEN s.last_value"
-					"            ELSE s.last_value - 1 END"
-					"  FROM ledger.event_id_seq s", false, 1) != SPI_OK_SELECT ||
+	ledger_prepare_plan(&last_seq_plan,
+						"SELECT CASE WHEN s.is_called THEN s.last_value"
+						"            ELSE s.last_value - 1 END"
+						"  FROM ledger.event_id_seq s",
+						0, NULL);
+	if (SPI_execute_plan(last_seq_plan, NULL, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not read ledger.event_id_seq");
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],

@@ -190,14 +190,18 @@ ledger_shmem_startup(void)
 /*
  * Prepare an SPI plan once per backend and keep it.  The API functions run
  * with search_path pinned, and a kept plan is replanned with the search_path
- * it was made with, so callers' paths never reach it.
+ * it was made with, so callers' paths never reach it.  The plans are
+ * generic: every statement is a handful of index probes whatever its
+ * parameters, and planning it again at each call would cost more than
+ * running it.
  */
 SPIPlanPtr
 ledger_prepare_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
 {
 	if (*plan == NULL)
 	{
-		SPIPlanPtr	p = SPI_prepare(sql, nargs, argtypes);
+		SPIPlanPtr	p = SPI_prepare_cursor(sql, nargs, argtypes,
+										   CURSOR_OPT_GENERIC_PLAN);
 
 		if (p == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\": %s",

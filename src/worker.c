@@ -167,6 +167,13 @@ ledger_worker_main(Datum main_arg)
 	 * whole queue and sort it to take the oldest few hundred.
 	 */
 	SetConfigOption("enable_seqscan", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * The worker's statements are small and planned once: compiling them
+	 * would cost more than running them, and the costs that steer the plans
+	 * above would make the planner think otherwise.
+	 */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	snprintf(name, sizeof(name), "ledger bucket worker %d", my_worker);
 	pgstat_report_appname(name);
 
