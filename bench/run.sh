@@ -101,10 +101,20 @@ sql() { psql_ -At -F '|' -c "$1"; }
 
 HTTP_PID=
 STARTED=0
+REPORTED=0
+MACHINE=
+SETTINGS_REPORT=
+STATEMENTS_1=
+STATEMENTS_2=
 cleanup() {
 	if [ -n "$HTTP_PID" ]; then
 		kill "$HTTP_PID" 2>/dev/null || true
 		wait "$HTTP_PID" 2>/dev/null || true
+	fi
+	# a failed run still reports what it measured
+	if [ "$REPORTED" = 0 ] && [ -s "$RAW" ]; then
+		[ "$STARTED" = 1 ] && SETTINGS_REPORT=$(settings_report 2>/dev/null || true)
+		report "INCOMPLETE: the run failed (see above); these are the figures measured before it stopped" || true
 	fi
 	[ "$STARTED" = 1 ] && stop_server "$DIR"
 	return 0
@@ -625,6 +635,23 @@ plot() {
 		"$BENCH/plot.gp"
 }
 
+# report [NOTE]: the table as CSV and plot, and the whole report
+report() {
+	REPORTED=1
+	build_rows
+	write_csv
+	plot
+	{
+		[ -n "${1:-}" ] && printf '\n%s\n\n' "$1"
+		[ -n "$MACHINE" ] && echo "$MACHINE"
+		[ -n "$SETTINGS_REPORT" ] && echo "$SETTINGS_REPORT"
+		print_table
+		[ -n "$STATEMENTS_1$STATEMENTS_2" ] && printf '%s\n%s\n' "$STATEMENTS_1" "$STATEMENTS_2"
+		echo
+		echo "command: bench/run.sh$([ "$MODE" = quick ] && echo " --quick") (took ${SECONDS} s); CSV: bench/results/results.csv, plot: bench/results/results.png"
+	} | tee "$RESULTS/report.txt"
+}
+
 # ---------------------------------------------------------------- main
 
 take_lock
@@ -641,7 +668,6 @@ trap cleanup EXIT
 SECONDS=0
 
 # Phase 1: one bucket, for the apply workload only.
-STATEMENTS_1=
 if want apply; then
 	start_phase 1
 	workload_apply
@@ -662,15 +688,4 @@ SETTINGS_REPORT=$(settings_report)
 STATEMENTS_2=$(statements_report)
 stop_server "$DIR"
 STARTED=0
-
-build_rows
-write_csv
-plot
-{
-	echo "$MACHINE"
-	echo "$SETTINGS_REPORT"
-	print_table
-	[ -n "$STATEMENTS_1$STATEMENTS_2" ] && printf '%s\n%s\n' "$STATEMENTS_1" "$STATEMENTS_2"
-	echo
-	echo "command: bench/run.sh$([ "$MODE" = quick ] && echo " --quick") (took ${SECONDS} s); CSV: bench/results/results.csv, plot: bench/results/results.png"
-} | tee "$RESULTS/report.txt"
+report
