@@ -35,10 +35,8 @@ CREATE TABLE ledger.accounts (
  * under the id of the event it completes (kind 'c').
  *
  * A bucket's worker applies its entries in seq order: an event's seq is its
- * id, a credit's is drawn when the credit is queued.  Both come from
- * ledger.event_id_seq, drawn only after the drawing transaction has an xid,
- * which is what lets the worker know when no entry below some seq can still
- * appear (see apply.c).
+ * id, a credit's is drawn when the credit is queued, both from
+ * ledger.event_id_seq.
  *
  * kind: 'd' deposit, 'w' withdraw, 't' transfer, 's' disburse, 'c' credit.
  */

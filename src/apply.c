@@ -145,28 +145,10 @@ static Oid	transactions_oid = InvalidOid;
 static Oid	breakpoints_oid = InvalidOid;
 static int	my_worker = -1;
 
-/*
- * The buckets this worker serves: its own, and any left from a larger
- * setting, each with its low-water mark.
- *
- * A bucket's queue is read in seq order from the low-water mark up: every
- * entry below it was applied and none can appear any more.  Without it each
- * read would step over the index entries of all the entries applied since
- * the queue was last vacuumed.  The mark cannot simply follow the entries
- * applied, because a transaction may draw seq 10, and commit after seq 11
- * was applied.  So the worker notes the sequence's last value S and the next
- * xid X; every transaction that drew a seq up to S had its xid already (the
- * enqueue functions make sure of it), so it is below X.  Once a snapshot's
- * xmin reaches X, all of those transactions have ended, their entries are
- * visible or will never be, and when the entries up to S visible then are
- * applied the mark moves to S + 1.
- */
+/* The buckets this worker serves: its own, and any left from a larger setting. */
 typedef struct BucketState
 {
 	int			bucket;
-	int64		low_water;		/* every seq below it is done */
-	int64		mark_seq;		/* S, or 0 when not noted */
-	TransactionId mark_xid;		/* X */
 	int			nheld;			/* credits held back by the last batch */
 } BucketState;
 
@@ -175,7 +157,6 @@ static int	nserved_buckets = 0;
 
 static SPIPlanPtr fetch_plan = NULL;
 static SPIPlanPtr load_plan = NULL;
-static SPIPlanPtr last_seq_plan = NULL;
 
 static void
 free_plan(SPIPlanPtr *plan)
@@ -200,7 +181,6 @@ ledger_apply_reset(void)
 	ledger_extension_oid = InvalidOid;
 	free_plan(&fetch_plan);
 	free_plan(&load_plan);
-	free_plan(&last_seq_plan);
 }
 
 /* The OID of a relation of schema ledger, whose columns must be these. */
@@ -342,20 +322,19 @@ bigint_array_values(Datum array, int *n)
 static QueuedEvent *
 fetch_batch(BucketState *b, int batch_size, int *nevents)
 {
-	Oid			argtypes[3] = {INT4OID, INT8OID, INT4OID};
-	Datum		args[3];
+	Oid			argtypes[2] = {INT4OID, INT4OID};
+	Datum		args[2];
 	QueuedEvent *events;
 	uint64		i;
 
 	ledger_prepare_plan(&fetch_plan,
 				 "SELECT q.ctid, q.* FROM ledger.queue q"
-				 " WHERE q.bucket = $1 AND q.seq >= $2"
+				 " WHERE q.bucket = $1"
 				 " ORDER BY q.bucket, q.seq"
-				 " LIMIT $3",
-				 3, argtypes);
+				 " LIMIT $2",
+				 2, argtypes);
 	args[0] = Int32GetDatum(b->bucket);
-	args[1] = Int64GetDatum(b->low_water);
-	args[2] = Int32GetDatum(batch_size);
+	args[1] = Int32GetDatum(batch_size);
 	if (SPI_execute_plan(fetch_plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the queue of bucket %d", b->bucket);
 
@@ -769,45 +748,6 @@ apply_credit(BatchOutput *out, QueuedEvent *ev)
 	return true;
 }
 
-/* The last seq drawn so far from ledger.event_id_seq. */
-static int64
-last_seq_drawn(void)
-{
-	bool		isnull;
-
-	ledger_prepare_plan(&last_seq_plan,
-						"SELECT CASE WHEN s.is_called THEN s.last_value"
-						"            ELSE s.last_value - 1 END"
-						"  FROM ledger.event_id_seq s",
-						0, NULL);
-	if (SPI_execute_plan(last_seq_plan, NULL, NULL, false, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "could not read ledger.event_id_seq");
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-									   SPI_tuptable->tupdesc, 1, &isnull));
-}
-
-/*
- * Move the bucket's low-water mark after a batch, as explained at
- * BucketState.  complete says whether the batch applied every entry that
- * was visible to it up to its last one.
- */
-static void
-advance_low_water(BucketState *b, bool mark_passed, bool complete,
-				  int64 last_seq, bool full)
-{
-	if (mark_passed && complete && (!full || last_seq >= b->mark_seq))
-	{
-		b->low_water = b->mark_seq + 1;
-		b->mark_seq = 0;
-	}
-	if (b->mark_seq == 0)
-	{
-		b->mark_seq = last_seq_drawn();
-		b->mark_xid = ReadNextTransactionId();
-	}
-}
-
 /*
  * Apply up to batch_size of the oldest queued entries of the index'th bucket
  * this worker serves, in seq order, in the current transaction, and count
@@ -822,14 +762,9 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 	QueuedEvent *events;
 	BatchOutput out;
 	AccountState *external;
-	bool		mark_passed;
 	int			nheld = 0;
 	int			nevents;
 	int			e;
-
-	/* has every transaction that could hold a seq up to the mark ended? */
-	mark_passed = b->mark_seq != 0 &&
-		TransactionIdPrecedesOrEquals(b->mark_xid, GetActiveSnapshot()->xmin);
 
 	/* credits held back are read again: they must not crowd out the rest */
 	batch_size += b->nheld;
@@ -837,7 +772,6 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 	if (nevents == 0)
 	{
 		b->nheld = 0;
-		advance_low_water(b, mark_passed, true, b->low_water - 1, false);
 		return;
 	}
 
@@ -899,6 +833,4 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 	ledger_bulk_end(out.breakpoints);
 
 	b->nheld = nheld;
-	advance_low_water(b, mark_passed, nheld == 0, events[nevents - 1].seq,
-					  nevents == batch_size);
 }

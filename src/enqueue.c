@@ -227,8 +227,8 @@ lookup_accounts(int64 *ids, int n)
 
 /*
  * Draw a new event id.  The transaction gets its xid first: the workers'
- * low-water marks rely on every drawn id belonging to a transaction with
- * an xid (see BucketState in apply.c).
+ * queue order is the order ids were drawn, and an id drawn by a transaction
+ * with its xid already keeps that order meaningful against the xid horizon.
  */
 static int64
 draw_event_id(void)
