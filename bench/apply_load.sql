@@ -2,8 +2,7 @@
 -- apply workload (bench/run.sh).  The workers see none of them until the
 -- commit, then all at once.  Rows are as the API writes them
 -- (src/enqueue.c): bucket = the payer's account bucket, id from
--- ledger.event_id_seq drawn after the transaction has an xid (the workers'
--- low-water marks rely on it), seq = id, kind 't' (to_account, amount), 's'
+-- ledger.event_id_seq, seq = id, kind 't' (to_account, amount), 's'
 -- (to_accounts, amounts, amount = their total) or 'd', enqueued_at.
 --
 -- Variables: mix (uniform | hot | cross25 | disburse | deep), n (events),
@@ -27,7 +26,6 @@ SELECT string_agg(attname, ',' ORDER BY attnum)
 DO $$ BEGIN RAISE EXCEPTION 'ledger.queue has changed: update bench/apply_load.sql to write rows as src/enqueue.c does'; END $$;
 \endif
 BEGIN;
-SELECT pg_current_xact_id() IS NOT NULL AS has_xid \gset
 INSERT INTO ledger.queue (bucket, seq, id, kind, account_id, to_account, amount,
 						  to_accounts, amounts, enqueued_at)
 SELECT a.bucket, e.id, e.id, e.kind, e.payer, e.payee,

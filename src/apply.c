@@ -23,7 +23,6 @@
 #include "postgres.h"
 
 #include "access/table.h"
-#include "access/transam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
@@ -37,7 +36,6 @@
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "ledger.h"
@@ -774,9 +772,6 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 		b->nheld = 0;
 		return;
 	}
-
-	/* the credits this batch queues draw seqs: an xid first */
-	(void) GetTopTransactionId();
 
 	load_accounts(events, nevents, bucket);
 	external = find_account(LEDGER_EXTERNAL_ACCOUNT(bucket));

@@ -13,7 +13,6 @@
  */
 #include "postgres.h"
 
-#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
@@ -225,18 +224,11 @@ lookup_accounts(int64 *ids, int n)
 	return bucket_of(ids[0], sorted, buckets, n);
 }
 
-/*
- * Draw a new event id.  The transaction gets its xid first: the workers'
- * queue order is the order ids were drawn, and an id drawn by a transaction
- * with its xid already keeps that order meaningful against the xid horizon.
- */
-static int64
-draw_event_id(void)
+/* The sequence event ids are drawn from. */
+static Oid
+event_id_seq(void)
 {
-	(void) GetTopTransactionId();
-	return nextval_internal(get_relname_relid("event_id_seq",
-											  get_namespace_oid("ledger", false)),
-							false);
+	return get_relname_relid("event_id_seq", get_namespace_oid("ledger", false));
 }
 
 /* An idempotency key, and the event that holds it. */
@@ -356,7 +348,7 @@ enqueue(Movement *m, int bucket)
 	INT8OID, INT8ARRAYOID, INT8ARRAYOID};
 	Datum		values[8];
 	char		nulls[8];
-	int64		event_id = draw_event_id();
+	int64		event_id = nextval_internal(event_id_seq(), false);
 
 	if (m->idempotency_key != NULL &&
 		!claim_idempotency_keys(&m->idempotency_key, &event_id, 1)[0])
@@ -635,6 +627,7 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 	int			naccounts;
 	int			nqueued;
 	int			element = 0;
+	Oid			seq;
 	int			i;
 
 	require_arg(fcinfo, 0, "from_accounts");
@@ -703,9 +696,10 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 	lookup_buckets(accounts, naccounts, account_buckets);
 
 	/* ids in call order, so that the transfers apply in that order */
+	seq = event_id_seq();
 	ids = palloc(sizeof(int64) * n);
 	for (i = 0; i < n; i++)
-		ids[i] = draw_event_id();
+		ids[i] = nextval_internal(seq, false);
 	is_new = claim_idempotency_keys(keys, ids, n);
 
 	for (i = 0; i < 5; i++)
