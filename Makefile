@@ -2,7 +2,7 @@
 MODULE_big = ledger
 OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
 EXTENSION = ledger
-DATA = ledger--1.0.sql ledger--1.0--1.1.sql
+DATA = ledger--1.0.sql ledger--1.0--1.1.sql ledger--1.1--1.2.sql
 PG_CPPFLAGS = -Iinclude
 PG_CFLAGS = -Werror -Wall -Wmissing-prototypes
 
@@ -11,7 +11,8 @@ PG_CFLAGS = -Werror -Wall -Wmissing-prototypes
 override CONTRIB_TESTDB = ledger_regress
 override ISOLATION_TESTDB = ledger_regress
 
-REGRESS = upgrade api errors rejections buckets breakpoints verify security operations
+REGRESS = upgrade api errors rejections buckets breakpoints verify security operations \
+	holds limits currencies metadata asof
 REGRESS_OPTS = --inputdir=test --outputdir=test \
 	--temp-config=test/ledger.conf --temp-instance=test/tmp_check
 
@@ -27,6 +28,8 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+$(OBJS): include/ledger.h include/apply.h
+
 # One target per suite, so that scripts/test.sh can run and report each.
 .PHONY: installcheck-regress installcheck-isolation installcheck-tap
 installcheck-regress:
@@ -37,7 +40,7 @@ installcheck-tap:
 	$(prove_installcheck)
 
 # A Debian package of the extension: make deb, then dpkg -i the file it names.
-DEB_VERSION = 1.1-1
+DEB_VERSION = 1.2-1
 DEB_ARCH = $(shell dpkg --print-architecture)
 DEB_FILE = postgresql-15-ledger_$(DEB_VERSION)_$(DEB_ARCH).deb
 .PHONY: deb

@@ -15,6 +15,7 @@
 
 #include "executor/spi.h"
 #include "executor/tuptable.h"
+#include "port/atomics.h"
 #include "storage/condition_variable.h"
 #include "storage/itemptr.h"
 #include "storage/latch.h"
@@ -30,13 +31,29 @@
 #define LEDGER_TRANSFER		't'
 #define LEDGER_DISBURSE		's'
 #define LEDGER_CREDIT		'c'
+#define LEDGER_HOLD			'h'		/* since 1.2 */
+#define LEDGER_POST			'p'
+#define LEDGER_VOID			'v'
+
+/* How a hold ended, as stored in ledger.hold_ends.status. */
+#define LEDGER_HOLD_POSTED	'p'
+#define LEDGER_HOLD_VOIDED	'v'
+#define LEDGER_HOLD_EXPIRED	'x'
 
 /* Event outcomes, as stored in ledger.events.status. */
 #define LEDGER_APPLIED		'a'
 #define LEDGER_REJECTED		'r'
 
-/* The external account that balances deposits and withdrawals of a bucket. */
-#define LEDGER_EXTERNAL_ACCOUNT(bucket)	(-1 - (int64) (bucket))
+/*
+ * The external account that balances the deposits and withdrawals of a
+ * bucket in one currency (numbered as in ledger.currencies).  Currency 0's
+ * are the external accounts of 1.0, one per bucket.
+ */
+#define LEDGER_EXTERNAL_ACCOUNT(bucket, currency) \
+	(-1 - (int64) (bucket) - (int64) LEDGER_MAX_BUCKETS * (currency))
+
+/* Longest currency code, in bytes. */
+#define LEDGER_MAX_CURRENCY_LENGTH	16
 
 /* GUCs (ledger.c) */
 extern char *ledger_database;
@@ -46,6 +63,8 @@ extern int	ledger_poll_interval;
 extern int	ledger_max_payees;
 extern int	ledger_breakpoint_interval;
 extern bool ledger_log_batches;
+extern char *ledger_default_currency;
+extern int	ledger_max_pending_per_account;
 
 /*
  * State shared between the workers and the backends (ledger.c).  The latch
@@ -94,6 +113,8 @@ typedef struct LedgerWorkerSlot
 typedef struct LedgerSharedState
 {
 	ConditionVariable batch_applied;
+	/* bumped by every committed ledger_set_limits(): workers reload limits */
+	pg_atomic_uint64 limits_generation;
 	LedgerWorkerSlot workers[LEDGER_MAX_BUCKETS];
 } LedgerSharedState;
 
@@ -104,12 +125,15 @@ typedef struct LedgerBatchCounts
 	int			applied;		/* events applied */
 	int			rejected;		/* events rejected */
 	int			credits;		/* credit entries posted */
+	int			expired;		/* holds expired */
 } LedgerBatchCounts;
 
 extern LedgerSharedState *ledger_shared;
 
 /* ledger.c */
 extern int	ledger_worker_of_bucket(int bucket);
+extern bool ledger_schema_has_holds(void);
+extern bool ledger_valid_currency_code(const char *code);
 extern SPIPlanPtr ledger_prepare_plan(SPIPlanPtr *plan, const char *sql,
 									  int nargs, Oid *argtypes);
 
@@ -117,6 +141,7 @@ extern SPIPlanPtr ledger_prepare_plan(SPIPlanPtr *plan, const char *sql,
 extern void ledger_wake_at_commit(int bucket);
 extern void ledger_wake_worker(int worker);
 extern void ledger_announce_batch(void);
+extern void ledger_limits_changed_at_commit(void);
 
 /* stats.c */
 extern void ledger_set_state(int worker, LedgerWorkerState state);
@@ -136,7 +161,8 @@ extern void ledger_bulk_delete(Oid relid, ItemPointerData *tids, int ntids);
 extern void ledger_bulk_reset(void);
 
 /* apply.c */
-extern bool ledger_apply_ready(int worker, int *nbuckets);
+extern bool ledger_apply_ready(int worker, uint64 limits_generation,
+							   int *nbuckets);
 extern void ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts);
 extern void ledger_apply_reset(void);
 

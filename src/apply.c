@@ -11,12 +11,17 @@
  * events' rows, their legs, credits for other buckets and breakpoints, and
  * the applied entries deleted from the queue.
  *
- * Balances come from a cache of account state kept across batches.  It can
- * be trusted because every leg of an account is written by the worker of the
- * account's bucket, that is by this process: debits and same-bucket credits
- * while applying the paying event, cross-bucket credits while applying the
- * credit entries other buckets queued here.  If a batch fails the worker
- * exits, and with it the cache.
+ * Balances come from a cache of account state kept across batches
+ * (accounts.c), holds from a cache of the open ones (holds.c).  They can be
+ * trusted because every leg and hold of an account is written by the worker
+ * of the account's bucket, that is by this process: debits and same-bucket
+ * credits while applying the paying event, cross-bucket credits while
+ * applying the credit entries other buckets queued here.  If a batch fails
+ * the worker exits, and with it the caches.
+ *
+ * The library serves the schema of 1.0 and 1.1 as well as its own, for the
+ * time between installing it and ALTER EXTENSION ledger UPDATE: the tables
+ * then lack 1.2's columns, and no event can use them.
  *
  *-------------------------------------------------------------------------
  */
@@ -39,6 +44,7 @@
 #include "utils/timestamp.h"
 
 #include "ledger.h"
+#include "apply.h"
 
 /*
  * The columns of the tables a batch writes, in order: rows are built for
@@ -50,22 +56,27 @@ enum
 {
 	QUEUE_BUCKET, QUEUE_SEQ, QUEUE_ID, QUEUE_KIND, QUEUE_ACCOUNT_ID,
 	QUEUE_TO_ACCOUNT, QUEUE_AMOUNT, QUEUE_TO_ACCOUNTS, QUEUE_AMOUNTS,
-	QUEUE_ENQUEUED_AT, QUEUE_NATTS
+	QUEUE_ENQUEUED_AT, QUEUE_NATTS_1_1,
+	QUEUE_HOLD_ID = QUEUE_NATTS_1_1, QUEUE_EXPIRES_AT, QUEUE_METADATA,
+	QUEUE_NATTS
 };
 static const char *const queue_columns[] = {
 	"bucket", "seq", "id", "kind", "account_id", "to_account", "amount",
-	"to_accounts", "amounts", "enqueued_at"
+	"to_accounts", "amounts", "enqueued_at", "hold_id", "expires_at", "metadata"
 };
 
 enum
 {
 	EVENTS_ID, EVENTS_KIND, EVENTS_ACCOUNT_ID, EVENTS_TO_ACCOUNT, EVENTS_AMOUNT,
 	EVENTS_TO_ACCOUNTS, EVENTS_AMOUNTS, EVENTS_STATUS, EVENTS_REASON,
-	EVENTS_ENQUEUED_AT, EVENTS_APPLIED_AT, EVENTS_NATTS
+	EVENTS_ENQUEUED_AT, EVENTS_APPLIED_AT, EVENTS_NATTS_1_1,
+	EVENTS_HOLD_ID = EVENTS_NATTS_1_1, EVENTS_EXPIRES_AT, EVENTS_METADATA,
+	EVENTS_NATTS
 };
 static const char *const events_columns[] = {
 	"id", "kind", "account_id", "to_account", "amount", "to_accounts",
-	"amounts", "status", "reason", "enqueued_at", "applied_at"
+	"amounts", "status", "reason", "enqueued_at", "applied_at", "hold_id",
+	"expires_at", "metadata"
 };
 
 enum
@@ -90,19 +101,14 @@ static const char *const breakpoints_columns[] = {
 	"first_txn_id", "last_txn_id", "created_at"
 };
 
-/* What this worker knows of an account. */
-typedef struct AccountState
+enum
 {
-	int64		id;				/* hash key */
-	int32		bucket;
-	bool		allow_negative;
-	bool		owned;			/* its legs are ours to post; the rest is valid */
-	int64		balance;
-	int64		last_txn_id;	/* its newest leg, or 0 */
-	int64		bp_balance;		/* balance at its newest breakpoint */
-	int64		bp_first_txn_id;	/* first leg id the next breakpoint covers */
-	int32		legs_since_bp;
-} AccountState;
+	HOLD_ENDS_HOLD_ID, HOLD_ENDS_ACCOUNT_ID, HOLD_ENDS_STATUS,
+	HOLD_ENDS_EVENT_ID, HOLD_ENDS_AMOUNT, HOLD_ENDS_ENDED_AT, HOLD_ENDS_NATTS
+};
+static const char *const hold_ends_columns[] = {
+	"hold_id", "account_id", "status", "event_id", "amount", "ended_at"
+};
 
 /* A queued event, as read from ledger.queue. */
 typedef struct QueuedEvent
@@ -113,7 +119,9 @@ typedef struct QueuedEvent
 	char		kind;
 	int64		account_id;
 	int64		amount;
-	int			npayees;		/* transfers, disbursements and credits */
+	int64		hold_id;		/* post and void */
+	TimestampTz expires_at;		/* hold, or 0 */
+	int			npayees;		/* transfers, disbursements, credits, posts */
 	int64	   *payees;
 	int64	   *amounts;
 	/* the queue row's columns, copied as they are into ledger.events */
@@ -128,19 +136,22 @@ typedef struct BatchOutput
 	BulkInsert *legs;
 	BulkInsert *credits;
 	BulkInsert *breakpoints;
+	BulkInsert *hold_ends;		/* NULL before 1.2 */
 	ItemPointerData *done;		/* queue entries to delete */
 	int			ndone;
 	TimestampTz now;
 } BatchOutput;
 
-static HTAB *account_cache = NULL;
 static Oid	ledger_extension_oid = InvalidOid;
+static bool schema_1_2 = false;
+static uint64 seen_limits_generation = 0;
 static Oid	transaction_seq_oid = InvalidOid;
 static Oid	event_seq_oid = InvalidOid;
 static Oid	queue_oid = InvalidOid;
 static Oid	events_oid = InvalidOid;
 static Oid	transactions_oid = InvalidOid;
 static Oid	breakpoints_oid = InvalidOid;
+static Oid	hold_ends_oid = InvalidOid;
 static int	my_worker = -1;
 
 /* The buckets this worker serves: its own, and any left from a larger setting. */
@@ -154,7 +165,6 @@ static BucketState served_buckets[LEDGER_MAX_BUCKETS * 4];
 static int	nserved_buckets = 0;
 
 static SPIPlanPtr fetch_plan = NULL;
-static SPIPlanPtr load_plan = NULL;
 
 static void
 free_plan(SPIPlanPtr *plan)
@@ -171,14 +181,12 @@ free_plan(SPIPlanPtr *plan)
 void
 ledger_apply_reset(void)
 {
-	if (account_cache)
-		hash_destroy(account_cache);
-	account_cache = NULL;
+	ledger_accounts_reset();
+	ledger_holds_reset();
 	ledger_bulk_reset();
 	transaction_seq_oid = InvalidOid;
 	ledger_extension_oid = InvalidOid;
 	free_plan(&fetch_plan);
-	free_plan(&load_plan);
 }
 
 /* The OID of a relation of schema ledger, whose columns must be these. */
@@ -250,50 +258,66 @@ setup_buckets(void)
 	for (i = 0; i < nserved_buckets; i++)
 	{
 		args[0] = Int32GetDatum(served_buckets[i].bucket);
-		if (SPI_execute_with_args("INSERT INTO ledger.accounts (id, allow_negative, bucket)"
+		if (SPI_execute_with_args(schema_1_2 ?
+								  "INSERT INTO ledger.accounts (id, allow_negative, bucket, currency)"
+								  " SELECT -1 - $1::bigint - 64 * c.no, true, $1, c.no"
+								  "   FROM ledger.currencies c"
+								  " ON CONFLICT (id) DO NOTHING" :
+								  "INSERT INTO ledger.accounts (id, allow_negative, bucket)"
 								  " VALUES (-1 - $1::bigint, true, $1)"
 								  " ON CONFLICT (id) DO NOTHING",
 								  1, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not create the external account of bucket %d",
+			elog(ERROR, "could not create the external accounts of bucket %d",
 				 served_buckets[i].bucket);
 	}
 }
 
 /*
  * Is the extension installed in this database?  If so, return how many
- * buckets this worker serves.  Resets the cache when the extension is not
- * the installation seen last.  Called inside SPI, in a transaction.
+ * buckets this worker serves.  Resets everything cached when the extension
+ * is not the installation, or the schema version, seen last; forgets the
+ * accounts when limits changed since the last batch (limits_generation,
+ * read before the batch's snapshot was taken).  Called inside SPI, in a
+ * transaction.
  */
 bool
-ledger_apply_ready(int worker, int *nbuckets)
+ledger_apply_ready(int worker, uint64 limits_generation, int *nbuckets)
 {
 	Oid			extension_oid = get_extension_oid("ledger", true);
+	bool		is_1_2 = OidIsValid(extension_oid) && ledger_schema_has_holds();
 
 	my_worker = worker;
-	if (extension_oid != ledger_extension_oid)
+	if (extension_oid != ledger_extension_oid || is_1_2 != schema_1_2)
 		ledger_apply_reset();
 	if (!OidIsValid(extension_oid))
 		return false;
 
-	if (account_cache == NULL)
+	if (!OidIsValid(ledger_extension_oid))
 	{
-		HASHCTL		ctl;
-
-		ctl.keysize = sizeof(int64);
-		ctl.entrysize = sizeof(AccountState);
-		ctl.hcxt = TopMemoryContext;
-		account_cache = hash_create("ledger account cache", 4096, &ctl,
-									HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		schema_1_2 = is_1_2;
 		transaction_seq_oid = ledger_relation("transaction_id_seq", NULL, 0);
 		event_seq_oid = ledger_relation("event_id_seq", NULL, 0);
-		queue_oid = ledger_relation("queue", queue_columns, QUEUE_NATTS);
-		events_oid = ledger_relation("events", events_columns, EVENTS_NATTS);
+		queue_oid = ledger_relation("queue", queue_columns,
+									schema_1_2 ? QUEUE_NATTS : QUEUE_NATTS_1_1);
+		events_oid = ledger_relation("events", events_columns,
+									 schema_1_2 ? EVENTS_NATTS : EVENTS_NATTS_1_1);
 		transactions_oid = ledger_relation("transactions", transactions_columns,
 										   TRANSACTIONS_NATTS);
 		breakpoints_oid = ledger_relation("breakpoints", breakpoints_columns,
 										  BREAKPOINTS_NATTS);
+		hold_ends_oid = schema_1_2 ?
+			ledger_relation("hold_ends", hold_ends_columns, HOLD_ENDS_NATTS) :
+			InvalidOid;
 		setup_buckets();
+		if (schema_1_2)
+			ledger_holds_load(my_worker);
+		seen_limits_generation = limits_generation;
 		ledger_extension_oid = extension_oid;
+	}
+	else if (limits_generation != seen_limits_generation)
+	{
+		ledger_accounts_reset();
+		seen_limits_generation = limits_generation;
 	}
 	*nbuckets = nserved_buckets;
 	return true;
@@ -351,17 +375,34 @@ fetch_batch(BucketState *b, int batch_size, int *nevents)
 		/* column 1 is the ctid, then the queue's own columns */
 		ev->ctid = *(ItemPointer) DatumGetPointer(SPI_getbinval(tuple, desc, 1, &ctid_isnull));
 		for (col = 0; col < QUEUE_NATTS; col++)
-			row[col] = SPI_getbinval(tuple, desc, col + 2, &isnull[col]);
+		{
+			/* columns of later versions than the schema's are empty */
+			if (col + 2 <= desc->natts)
+				row[col] = SPI_getbinval(tuple, desc, col + 2, &isnull[col]);
+			else
+			{
+				row[col] = (Datum) 0;
+				isnull[col] = true;
+			}
+		}
 
 		ev->seq = DatumGetInt64(row[QUEUE_SEQ]);
 		ev->id = DatumGetInt64(row[QUEUE_ID]);
 		ev->kind = DatumGetChar(row[QUEUE_KIND]);
 		ev->account_id = DatumGetInt64(row[QUEUE_ACCOUNT_ID]);
 		ev->amount = DatumGetInt64(row[QUEUE_AMOUNT]);
+		ev->hold_id = isnull[QUEUE_HOLD_ID] ? 0 : DatumGetInt64(row[QUEUE_HOLD_ID]);
+		ev->expires_at = isnull[QUEUE_EXPIRES_AT] ? 0 :
+			DatumGetTimestampTz(row[QUEUE_EXPIRES_AT]);
 
-		if (ev->kind == LEDGER_TRANSFER)
+		if (ev->kind == LEDGER_TRANSFER || ev->kind == LEDGER_HOLD ||
+			ev->kind == LEDGER_POST)
 		{
-			/* a transfer is a disbursement to one payee */
+			/*
+			 * A transfer is a disbursement to one payee; so is a post, of an
+			 * amount known once its hold is found.  A hold names its payee
+			 * too.
+			 */
 			ev->npayees = 1;
 			ev->payees = palloc(sizeof(int64));
 			ev->amounts = palloc(sizeof(int64));
@@ -384,136 +425,80 @@ fetch_batch(BucketState *b, int batch_size, int *nevents)
 
 /* Accounts */
 
-static AccountState *
-find_account(int64 account_id)
-{
-	return hash_search(account_cache, &account_id, HASH_FIND, NULL);
-}
-
+/* Open an external account that should exist but does not. */
 static void
-want_account(Datum *ids, int *nids, int64 account_id)
+create_external_account(int bucket, int currency)
 {
-	if (find_account(account_id) == NULL)
-		ids[(*nids)++] = Int64GetDatum(account_id);
+	Oid			argtypes[2] = {INT4OID, INT4OID};
+	Datum		args[2];
+
+	args[0] = Int32GetDatum(bucket);
+	args[1] = Int32GetDatum(currency);
+	if (SPI_execute_with_args("INSERT INTO ledger.accounts (id, allow_negative, bucket, currency)"
+							  " VALUES (-1 - $1::bigint - 64 * $2::bigint, true, $1, $2)"
+							  " ON CONFLICT (id) DO NOTHING",
+							  2, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not create the external account of bucket %d", bucket);
 }
 
 /*
- * Load into the cache the accounts of the batch that it does not hold yet:
- * their flags, newest leg and newest breakpoint.
+ * Load the accounts a batch names that the cache does not hold yet, and the
+ * external accounts its deposits and withdrawals need: those of the bucket
+ * in the accounts' currencies, known once the accounts are loaded.
  */
 static void
-load_accounts(QueuedEvent *events, int nevents, int bucket)
+load_accounts(QueuedEvent *events, int nevents, TimestampTz now)
 {
-	Oid			argtype = INT8ARRAYOID;
-	Datum		arg;
-	Datum	   *ids;
+	int64	   *ids;
 	int			nids = 0;
 	int			maxids = 1;
-	uint64		i;
 	int			e;
 	int			p;
 
 	for (e = 0; e < nevents; e++)
 		maxids += 1 + events[e].npayees;
-	ids = palloc(sizeof(Datum) * maxids);
-
-	want_account(ids, &nids, LEDGER_EXTERNAL_ACCOUNT(bucket));
+	ids = palloc(sizeof(int64) * maxids);
 	for (e = 0; e < nevents; e++)
 	{
-		want_account(ids, &nids, events[e].account_id);
+		ids[nids++] = events[e].account_id;
 		for (p = 0; p < events[e].npayees; p++)
-			want_account(ids, &nids, events[e].payees[p]);
+			ids[nids++] = events[e].payees[p];
+	}
+	ledger_load_accounts(ids, nids, my_worker, schema_1_2, now);
+
+	nids = 0;
+	for (e = 0; e < nevents; e++)
+	{
+		AccountState *acct;
+
+		if (events[e].kind != LEDGER_DEPOSIT && events[e].kind != LEDGER_WITHDRAW)
+			continue;
+		acct = ledger_find_account(events[e].account_id);
+		if (acct != NULL && acct->owned)
+			ids[nids++] = LEDGER_EXTERNAL_ACCOUNT(acct->bucket, acct->currency);
 	}
 	if (nids == 0)
 		return;
+	ledger_load_accounts(ids, nids, my_worker, schema_1_2, now);
 
-	ledger_prepare_plan(&load_plan,
-				 "SELECT a.id, a.bucket, a.allow_negative,"
-				 "       t.id, t.balance_after, b.last_txn_id, b.current_balance"
-				 "  FROM ledger.accounts a"
-				 "  LEFT JOIN LATERAL"
-				 "       (SELECT t.id, t.balance_after FROM ledger.transactions t"
-				 "         WHERE t.account_id = a.id"
-				 "         ORDER BY t.id DESC LIMIT 1) t ON true"
-				 "  LEFT JOIN LATERAL"
-				 "       (SELECT b.last_txn_id, b.current_balance FROM ledger.breakpoints b"
-				 "         WHERE b.account_id = a.id"
-				 "         ORDER BY b.last_txn_id DESC LIMIT 1) b ON true"
-				 " WHERE a.id = ANY ($1)",
-				 1, &argtype);
-	arg = PointerGetDatum(construct_array(ids, nids, INT8OID, 8,
-										  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	if (SPI_execute_plan(load_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not load accounts");
-
-	for (i = 0; i < SPI_processed; i++)
+	/*
+	 * Registering a currency opens its external accounts in the buckets of
+	 * the day; a bucket that was added since has them opened here.
+	 */
+	for (e = 0; e < nids; e++)
 	{
-		HeapTuple	row = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		int64		id;
-		AccountState *acct;
-		bool		isnull;
-		Datum		value;
+		if (ledger_find_account(ids[e]) == NULL && schema_1_2)
+		{
+			int64		n = -1 - ids[e];
 
-		id = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
-		acct = hash_search(account_cache, &id, HASH_ENTER, NULL);
-		acct->bucket = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
-		acct->allow_negative = DatumGetBool(SPI_getbinval(row, desc, 3, &isnull));
-		acct->owned = ledger_worker_of_bucket(acct->bucket) == my_worker;
-		value = SPI_getbinval(row, desc, 4, &isnull);
-		acct->last_txn_id = isnull ? 0 : DatumGetInt64(value);
-		value = SPI_getbinval(row, desc, 5, &isnull);
-		acct->balance = isnull ? 0 : DatumGetInt64(value);
-		value = SPI_getbinval(row, desc, 6, &isnull);
-		acct->bp_first_txn_id = isnull ? 1 : DatumGetInt64(value) + 1;
-		value = SPI_getbinval(row, desc, 7, &isnull);
-		acct->bp_balance = isnull ? 0 : DatumGetInt64(value);
-
-		/*
-		 * Count the legs since the breakpoint from here on: after a restart
-		 * the next breakpoint of an account may cover up to twice the
-		 * interval, which keeps loading an account to two index probes.
-		 */
-		acct->legs_since_bp = 0;
+			create_external_account((int) (n % LEDGER_MAX_BUCKETS),
+									(int) (n / LEDGER_MAX_BUCKETS));
+			ledger_load_accounts(&ids[e], 1, my_worker, schema_1_2, now);
+		}
 	}
 }
 
 /* Deciding */
-
-/*
- * Would taking amount from the account leave a valid balance?  Sets *reason
- * when not.
- */
-static bool
-can_debit(AccountState *acct, int64 amount, const char **reason)
-{
-	int64		result;
-
-	if (pg_sub_s64_overflow(acct->balance, amount, &result))
-	{
-		*reason = "overflow";
-		return false;
-	}
-	if (result < 0 && !acct->allow_negative)
-	{
-		*reason = "insufficient_funds";
-		return false;
-	}
-	return true;
-}
-
-static bool
-can_credit(AccountState *acct, int64 amount, const char **reason)
-{
-	int64		result;
-
-	if (pg_add_s64_overflow(acct->balance, amount, &result))
-	{
-		*reason = "overflow";
-		return false;
-	}
-	return true;
-}
 
 static void
 write_breakpoint(BatchOutput *out, AccountState *acct)
@@ -560,6 +545,8 @@ post_leg(BatchOutput *out, AccountState *acct, int64 event_id, int64 amount)
 	acct->balance += amount;
 	acct->last_txn_id = nextval_internal(transaction_seq_oid, false);
 	acct->legs_since_bp++;
+	if (amount < 0)
+		ledger_note_debit(acct, -amount, out->now);
 
 	memset(slot->tts_isnull, false, sizeof(bool) * TRANSACTIONS_NATTS);
 	v[TRANSACTIONS_ID] = Int64GetDatum(acct->last_txn_id);
@@ -593,11 +580,20 @@ record_outcome(BatchOutput *out, QueuedEvent *ev, const char *reason)
 	v[EVENTS_REASON] = reason ? CStringGetTextDatum(reason) : (Datum) 0;
 	v[EVENTS_ENQUEUED_AT] = ev->row[QUEUE_ENQUEUED_AT];
 	v[EVENTS_APPLIED_AT] = TimestampTzGetDatum(out->now);
-	memset(isnull, false, sizeof(bool) * EVENTS_NATTS);
+	memset(isnull, false, sizeof(bool) * EVENTS_NATTS_1_1);
 	isnull[EVENTS_TO_ACCOUNT] = ev->row_isnull[QUEUE_TO_ACCOUNT];
 	isnull[EVENTS_TO_ACCOUNTS] = ev->row_isnull[QUEUE_TO_ACCOUNTS];
 	isnull[EVENTS_AMOUNTS] = ev->row_isnull[QUEUE_AMOUNTS];
 	isnull[EVENTS_REASON] = reason == NULL;
+	if (schema_1_2)
+	{
+		v[EVENTS_HOLD_ID] = ev->row[QUEUE_HOLD_ID];
+		v[EVENTS_EXPIRES_AT] = ev->row[QUEUE_EXPIRES_AT];
+		v[EVENTS_METADATA] = ev->row[QUEUE_METADATA];
+		isnull[EVENTS_HOLD_ID] = ev->row_isnull[QUEUE_HOLD_ID];
+		isnull[EVENTS_EXPIRES_AT] = ev->row_isnull[QUEUE_EXPIRES_AT];
+		isnull[EVENTS_METADATA] = ev->row_isnull[QUEUE_METADATA];
+	}
 	ledger_bulk_add_row(out->events, slot);
 
 	out->done[out->ndone++] = ev->ctid;
@@ -631,7 +627,9 @@ queue_credit(BatchOutput *out, QueuedEvent *ev, AccountState **payees,
 		n++;
 	}
 
-	memset(slot->tts_isnull, false, sizeof(bool) * QUEUE_NATTS);
+	/* the columns of 1.2 stay empty */
+	memset(slot->tts_isnull, true, sizeof(bool) * slot->tts_tupleDescriptor->natts);
+	memset(slot->tts_isnull, false, sizeof(bool) * QUEUE_NATTS_1_1);
 	v[QUEUE_BUCKET] = Int32GetDatum(bucket);
 	v[QUEUE_SEQ] = Int64GetDatum(nextval_internal(event_seq_oid, false));
 	v[QUEUE_ID] = Int64GetDatum(ev->id);
@@ -651,21 +649,54 @@ queue_credit(BatchOutput *out, QueuedEvent *ev, AccountState **payees,
 	ledger_wake_at_commit(bucket);
 }
 
+/* Record how a hold ended: posted (with the post), voided, or expired. */
+static void
+end_hold(BatchOutput *out, HoldState *hold, char status, int64 event_id,
+		 int64 posted)
+{
+	TupleTableSlot *slot = ledger_bulk_next_slot(out->hold_ends);
+	Datum	   *v = slot->tts_values;
+	AccountState *payer = ledger_find_account(hold->account_id);
+
+	memset(slot->tts_isnull, false, sizeof(bool) * HOLD_ENDS_NATTS);
+	v[HOLD_ENDS_HOLD_ID] = Int64GetDatum(hold->id);
+	v[HOLD_ENDS_ACCOUNT_ID] = Int64GetDatum(hold->account_id);
+	v[HOLD_ENDS_STATUS] = CharGetDatum(status);
+	v[HOLD_ENDS_EVENT_ID] = Int64GetDatum(event_id);
+	slot->tts_isnull[HOLD_ENDS_EVENT_ID] = event_id == 0;
+	v[HOLD_ENDS_AMOUNT] = Int64GetDatum(posted);
+	v[HOLD_ENDS_ENDED_AT] = TimestampTzGetDatum(out->now);
+	ledger_bulk_add_row(out->hold_ends, slot);
+
+	/* an account not in the cache has its holds read when it is loaded */
+	if (payer != NULL)
+		payer->held -= hold->amount;
+	hold->state = status;
+}
+
 /*
- * Deposit or withdrawal: the account against its bucket's external account.
+ * Deposit or withdrawal: the account against its bucket's external account
+ * in its currency.
  */
 static const char *
-apply_external(BatchOutput *out, QueuedEvent *ev, AccountState *external)
+apply_external(BatchOutput *out, QueuedEvent *ev)
 {
-	AccountState *acct = find_account(ev->account_id);
-	AccountState *from = ev->kind == LEDGER_DEPOSIT ? external : acct;
-	AccountState *to = ev->kind == LEDGER_DEPOSIT ? acct : external;
+	AccountState *acct = ledger_find_account(ev->account_id);
+	AccountState *external;
+	AccountState *from;
+	AccountState *to;
 	const char *reason = NULL;
 
 	if (acct == NULL || !acct->owned)
 		return "unknown_account";
-	if (!can_debit(from, ev->amount, &reason) ||
-		!can_credit(to, ev->amount, &reason))
+	external = ledger_find_account(LEDGER_EXTERNAL_ACCOUNT(acct->bucket, acct->currency));
+	if (external == NULL)
+		elog(ERROR, "the external account of bucket %d for currency %d does not exist",
+			 acct->bucket, acct->currency);
+	from = ev->kind == LEDGER_DEPOSIT ? external : acct;
+	to = ev->kind == LEDGER_DEPOSIT ? acct : external;
+	if (!ledger_can_debit(from, ev->amount, out->now, &reason) ||
+		!ledger_can_credit(to, ev->amount, &reason))
 		return reason;
 
 	post_leg(out, from, ev->id, -ev->amount);
@@ -674,31 +705,16 @@ apply_external(BatchOutput *out, QueuedEvent *ev, AccountState *external)
 }
 
 /*
- * Transfer or disbursement: debit the payer, credit the payees this worker
- * owns, and queue credit entries for the payees of other buckets.  All of
- * it or none.
+ * Pay the payees of an event from its payer, already checked: credit the
+ * payees this worker owns, and queue credit entries for the payees of other
+ * buckets.
  */
-static const char *
-apply_payment(BatchOutput *out, QueuedEvent *ev)
+static void
+pay(BatchOutput *out, QueuedEvent *ev, AccountState *payer,
+	AccountState **payees)
 {
-	AccountState *payer = find_account(ev->account_id);
-	AccountState **payees = palloc(sizeof(AccountState *) * ev->npayees);
 	bool	   *done = palloc(sizeof(bool) * ev->npayees);
-	const char *reason = NULL;
 	int			p;
-
-	if (payer == NULL || !payer->owned)
-		return "unknown_account";
-	if (!can_debit(payer, ev->amount, &reason))
-		return reason;
-	for (p = 0; p < ev->npayees; p++)
-	{
-		payees[p] = find_account(ev->payees[p]);
-		if (payees[p] == NULL)
-			return "unknown_account";
-		if (payees[p]->owned && !can_credit(payees[p], ev->amounts[p], &reason))
-			return reason;
-	}
 
 	post_leg(out, payer, ev->id, -ev->amount);
 	for (p = 0; p < ev->npayees; p++)
@@ -710,7 +726,188 @@ apply_payment(BatchOutput *out, QueuedEvent *ev)
 	for (p = 0; p < ev->npayees; p++)
 		if (!done[p])
 			queue_credit(out, ev, payees, p, done);
+}
+
+/*
+ * Find the payees of an event in the cache, and check the ones this worker
+ * owns can take their amounts.  NULL when they can; else the reason.
+ */
+static const char *
+find_payees(QueuedEvent *ev, AccountState **payees)
+{
+	const char *reason = NULL;
+	int			p;
+
+	for (p = 0; p < ev->npayees; p++)
+	{
+		payees[p] = ledger_find_account(ev->payees[p]);
+		if (payees[p] == NULL)
+			return "unknown_account";
+		if (payees[p]->owned && !ledger_can_credit(payees[p], ev->amounts[p], &reason))
+			return reason;
+	}
 	return NULL;
+}
+
+/*
+ * Transfer or disbursement: debit the payer, credit the payees.  All of it
+ * or none.
+ */
+static const char *
+apply_payment(BatchOutput *out, QueuedEvent *ev)
+{
+	AccountState *payer = ledger_find_account(ev->account_id);
+	AccountState **payees = palloc(sizeof(AccountState *) * ev->npayees);
+	const char *reason = NULL;
+
+	if (payer == NULL || !payer->owned)
+		return "unknown_account";
+	if (!ledger_can_debit(payer, ev->amount, out->now, &reason))
+		return reason;
+	if ((reason = find_payees(ev, payees)) != NULL)
+		return reason;
+
+	pay(out, ev, payer, payees);
+	return NULL;
+}
+
+/*
+ * Hold: reserve the amount out of the payer's available balance, under the
+ * same checks as a debit.  No money moves.
+ */
+static const char *
+apply_hold(BatchOutput *out, QueuedEvent *ev)
+{
+	AccountState *payer = ledger_find_account(ev->account_id);
+	const char *reason = NULL;
+	int64		held = 0;
+
+	if (payer == NULL || !payer->owned || ledger_find_account(ev->payees[0]) == NULL)
+		reason = "unknown_account";
+	else if (ev->expires_at != 0 && ev->expires_at <= out->now)
+		reason = "hold_expired";
+	else if (!ledger_can_debit(payer, ev->amount, out->now, &reason))
+		;
+	else if (pg_add_s64_overflow(payer->held, ev->amount, &held))
+		reason = "overflow";
+
+	if (reason != NULL)
+	{
+		/* remembered, so that a post of it in this batch says why it fails */
+		ledger_hold_add(ev->id, ev->account_id, ev->payees[0], ev->amount,
+						ev->expires_at, LEDGER_HOLD_REJECTED);
+		return reason;
+	}
+	payer->held = held;
+	ledger_hold_add(ev->id, ev->account_id, ev->payees[0], ev->amount,
+					ev->expires_at, LEDGER_HOLD_OPEN);
+	return NULL;
+}
+
+/* Why a hold that is not open (any more) cannot be posted or voided. */
+static const char *
+hold_gone_reason(int64 hold_id)
+{
+	HoldState  *hold = ledger_hold_find(hold_id);
+
+	if (hold == NULL)
+		return ledger_hold_gone_reason(hold_id);
+	switch (hold->state)
+	{
+		case LEDGER_HOLD_REJECTED:
+			return "hold_rejected";
+		case LEDGER_HOLD_POSTED:
+			return "hold_posted";
+		case LEDGER_HOLD_VOIDED:
+			return "hold_voided";
+		default:
+			return "hold_expired";
+	}
+}
+
+/*
+ * The open hold a post or void names, or NULL with *reason set.  A hold
+ * past its timeout is expired here, before its next expiry pass would.
+ */
+static HoldState *
+open_hold(BatchOutput *out, QueuedEvent *ev, const char **reason)
+{
+	HoldState  *hold = ledger_hold_find(ev->hold_id);
+
+	if (hold == NULL || hold->state != LEDGER_HOLD_OPEN)
+	{
+		*reason = hold_gone_reason(ev->hold_id);
+		return NULL;
+	}
+	if (hold->expires_at != 0 && hold->expires_at <= out->now)
+	{
+		end_hold(out, hold, LEDGER_HOLD_EXPIRED, 0, 0);
+		*reason = "hold_expired";
+		return NULL;
+	}
+	return hold;
+}
+
+/*
+ * Post: pay the hold's payee the amount asked for (0: all of it) out of the
+ * hold, and release the rest.  The money was reserved when the hold was
+ * applied, so limits are not checked again.
+ */
+static const char *
+apply_post(BatchOutput *out, QueuedEvent *ev)
+{
+	AccountState *payer;
+	AccountState *payee;
+	HoldState  *hold;
+	const char *reason = NULL;
+	int64		result;
+
+	if ((hold = open_hold(out, ev, &reason)) == NULL)
+		return reason;
+	if (ev->amount == 0)
+		ev->amount = hold->amount;
+	else if (ev->amount > hold->amount)
+		return "exceeds_hold";
+	ev->amounts[0] = ev->amount;
+	ev->row[QUEUE_AMOUNT] = Int64GetDatum(ev->amount);
+
+	payer = ledger_find_account(hold->account_id);
+	if (payer == NULL || !payer->owned)
+		return "unknown_account";
+	if (pg_sub_s64_overflow(payer->balance, ev->amount, &result))
+		return "overflow";
+	if ((reason = find_payees(ev, &payee)) != NULL)
+		return reason;
+
+	end_hold(out, hold, LEDGER_HOLD_POSTED, ev->id, ev->amount);
+	pay(out, ev, payer, &payee);
+	return NULL;
+}
+
+/* Void: release the hold. */
+static const char *
+apply_void(BatchOutput *out, QueuedEvent *ev)
+{
+	HoldState  *hold;
+	const char *reason = NULL;
+
+	if ((hold = open_hold(out, ev, &reason)) == NULL)
+		return reason;
+	end_hold(out, hold, LEDGER_HOLD_VOIDED, ev->id, 0);
+	return NULL;
+}
+
+/* Expire the open holds of the worker whose timeout has passed. */
+static int
+expire_holds(BatchOutput *out)
+{
+	int			ndue;
+	HoldState **due = ledger_holds_due(out->now, &ndue);
+	int			i;
+
+	for (i = 0; i < ndue; i++)
+		end_hold(out, due[i], LEDGER_HOLD_EXPIRED, 0, 0);
+	return ndue;
 }
 
 /*
@@ -727,10 +924,10 @@ apply_credit(BatchOutput *out, QueuedEvent *ev)
 
 	for (p = 0; p < ev->npayees; p++)
 	{
-		AccountState *payee = find_account(ev->payees[p]);
+		AccountState *payee = ledger_find_account(ev->payees[p]);
 
 		if (payee == NULL || !payee->owned ||
-			!can_credit(payee, ev->amounts[p], &reason))
+			!ledger_can_credit(payee, ev->amounts[p], &reason))
 		{
 			ereport(WARNING,
 					(errmsg("ledger: credit of event " INT64_FORMAT " to account " INT64_FORMAT " is held back",
@@ -741,7 +938,7 @@ apply_credit(BatchOutput *out, QueuedEvent *ev)
 		}
 	}
 	for (p = 0; p < ev->npayees; p++)
-		post_leg(out, find_account(ev->payees[p]), ev->id, ev->amounts[p]);
+		post_leg(out, ledger_find_account(ev->payees[p]), ev->id, ev->amounts[p]);
 	out->done[out->ndone++] = ev->ctid;
 	return true;
 }
@@ -749,17 +946,16 @@ apply_credit(BatchOutput *out, QueuedEvent *ev)
 /*
  * Apply up to batch_size of the oldest queued entries of the index'th bucket
  * this worker serves, in seq order, in the current transaction, and count
- * what was done.  Must be called inside SPI, with the transaction's snapshot
- * active, after ledger_apply_ready() said yes.
+ * what was done; expire the worker's holds whose time has come.  Must be
+ * called inside SPI, with the transaction's snapshot active, after
+ * ledger_apply_ready() said yes.
  */
 void
 ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 {
 	BucketState *b = &served_buckets[index];
-	int			bucket = b->bucket;
 	QueuedEvent *events;
 	BatchOutput out;
-	AccountState *external;
 	int			nheld = 0;
 	int			nevents;
 	int			e;
@@ -767,25 +963,27 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 	/* credits held back are read again: they must not crowd out the rest */
 	batch_size += b->nheld;
 	events = fetch_batch(b, batch_size, &nevents);
-	if (nevents == 0)
+	/* after the read, so that no event is applied before it was enqueued */
+	out.now = GetCurrentTimestamp();
+	if (nevents == 0 && !(index == 0 && ledger_holds_any_due(out.now)))
 	{
 		b->nheld = 0;
 		return;
 	}
 
-	load_accounts(events, nevents, bucket);
-	external = find_account(LEDGER_EXTERNAL_ACCOUNT(bucket));
-	if (external == NULL)
-		elog(ERROR, "external account of bucket %d does not exist", bucket);
+	load_accounts(events, nevents, out.now);
 
 	out.events = ledger_bulk_begin(events_oid);
 	out.legs = ledger_bulk_begin(transactions_oid);
 	out.credits = ledger_bulk_begin(queue_oid);
 	out.breakpoints = ledger_bulk_begin(breakpoints_oid);
-	out.done = palloc(sizeof(ItemPointerData) * nevents);
+	out.hold_ends = schema_1_2 ? ledger_bulk_begin(hold_ends_oid) : NULL;
+	out.done = palloc(sizeof(ItemPointerData) * Max(nevents, 1));
 	out.ndone = 0;
-	/* after the read, so that no event is applied before it was enqueued */
-	out.now = GetCurrentTimestamp();
+
+	/* the worker's first bucket expires the holds of all of them */
+	if (index == 0)
+		counts->expired = expire_holds(&out);
 
 	counts->read = nevents;
 	for (e = 0; e < nevents; e++)
@@ -797,13 +995,20 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 		{
 			case LEDGER_DEPOSIT:
 			case LEDGER_WITHDRAW:
-				reason = apply_external(&out, ev, external);
-				record_outcome(&out, ev, reason);
+				reason = apply_external(&out, ev);
 				break;
 			case LEDGER_TRANSFER:
 			case LEDGER_DISBURSE:
 				reason = apply_payment(&out, ev);
-				record_outcome(&out, ev, reason);
+				break;
+			case LEDGER_HOLD:
+				reason = apply_hold(&out, ev);
+				break;
+			case LEDGER_POST:
+				reason = apply_post(&out, ev);
+				break;
+			case LEDGER_VOID:
+				reason = apply_void(&out, ev);
 				break;
 			case LEDGER_CREDIT:
 				if (apply_credit(&out, ev))
@@ -815,6 +1020,7 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 				elog(ERROR, "event " INT64_FORMAT " has unknown kind '%c'",
 					 ev->id, ev->kind);
 		}
+		record_outcome(&out, ev, reason);
 		if (reason)
 			counts->rejected++;
 		else
@@ -826,6 +1032,9 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 	ledger_bulk_end(out.legs);
 	ledger_bulk_end(out.credits);
 	ledger_bulk_end(out.breakpoints);
+	if (out.hold_ends)
+		ledger_bulk_end(out.hold_ends);
+	ledger_holds_end_batch();
 
 	b->nheld = nheld;
 }

@@ -43,7 +43,7 @@ typedef struct SlotPool
 	TupleTableSlot *slots[BULK_MAX_ROWS];
 } SlotPool;
 
-#define MAX_POOLS	4
+#define MAX_POOLS	8
 static SlotPool *pools[MAX_POOLS];
 
 struct BulkInsert

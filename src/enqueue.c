@@ -22,12 +22,17 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/timestamp.h"
 
 #include "ledger.h"
 
 /* Longest idempotency key, in bytes: keys are kept in a btree. */
 #define LEDGER_MAX_KEY_LENGTH	256
+
+/* Largest metadata of one event, in bytes of jsonb. */
+#define LEDGER_MAX_METADATA_SIZE	65536
 
 /* A movement to enqueue, before it has an id. */
 typedef struct Movement
@@ -38,7 +43,10 @@ typedef struct Movement
 	int64		amount;			/* for a disbursement, the total */
 	Datum		to_accounts;	/* disbursement only: bigint[] */
 	Datum		amounts;		/* disbursement only: bigint[] */
+	int64		hold_id;		/* post and void only */
+	TimestampTz expires_at;		/* hold only; 0 for none */
 	text	   *idempotency_key;	/* or NULL */
+	Jsonb	   *metadata;		/* or NULL */
 } Movement;
 
 static void
@@ -106,6 +114,34 @@ get_idempotency_key(FunctionCallInfo fcinfo, int argno)
 	return key;
 }
 
+static void
+check_metadata(Jsonb *metadata)
+{
+	if (!JB_ROOT_IS_OBJECT(metadata) || JB_ROOT_IS_SCALAR(metadata))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("metadata must be a JSON object")));
+	if (VARSIZE(metadata) > LEDGER_MAX_METADATA_SIZE)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("metadata is too large"),
+				 errdetail("An event's metadata may take at most %d bytes; this takes %d.",
+						   LEDGER_MAX_METADATA_SIZE, (int) VARSIZE(metadata))));
+}
+
+/* The optional metadata argument, checked, or NULL. */
+static Jsonb *
+get_metadata(FunctionCallInfo fcinfo, int argno)
+{
+	Jsonb	   *metadata;
+
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+		return NULL;
+	metadata = PG_GETARG_JSONB_P(argno);
+	check_metadata(metadata);
+	return metadata;
+}
+
 /* Read a one-dimensional bigint[] without NULLs into a palloc'd C array. */
 static int64 *
 get_bigint_array(ArrayType *array, const char *name, int *n)
@@ -155,73 +191,184 @@ bigint_array(int64 *values, int n)
 										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }
 
+/* What enqueueing needs to know of the accounts a call names. */
+typedef struct AccountInfo
+{
+	int64	   *ids;			/* sorted and distinct */
+	int		   *buckets;		/* bucket of ids[i], or -1: no such account */
+	int		   *currencies;		/* currency number of ids[i] */
+	int			n;
+} AccountInfo;
+
 /*
- * Look up the buckets of accounts given sorted and distinct: buckets[i] is
- * the bucket of ids[i], or -1 if that account does not exist.  Called inside
- * SPI.
+ * Look up accounts given sorted and distinct.  Before 1.2 every account is
+ * in currency 0.  Called inside SPI.
  */
 static void
-lookup_buckets(int64 *ids, int n, int *buckets)
+lookup_buckets(AccountInfo *info)
 {
 	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plan_1_1 = NULL;
+	bool		has_currencies = ledger_schema_has_holds();
 	Oid			argtype = INT8ARRAYOID;
-	Datum		arg = bigint_array(ids, n);
+	Datum		arg = bigint_array(info->ids, info->n);
 	uint64		row;
 	int			i;
 
-	ledger_prepare_plan(&plan,
-				 "SELECT a.id, a.bucket FROM ledger.accounts a"
-				 " WHERE a.id = ANY ($1)",
-				 1, &argtype);
-	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+	if (has_currencies)
+		ledger_prepare_plan(&plan,
+							"SELECT a.id, a.bucket, a.currency FROM ledger.accounts a"
+							" WHERE a.id = ANY ($1)",
+							1, &argtype);
+	else
+		ledger_prepare_plan(&plan_1_1,
+							"SELECT a.id, a.bucket, 0 FROM ledger.accounts a"
+							" WHERE a.id = ANY ($1)",
+							1, &argtype);
+	if (SPI_execute_plan(has_currencies ? plan : plan_1_1, &arg, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up accounts");
 
-	for (i = 0; i < n; i++)
-		buckets[i] = -1;
+	info->buckets = palloc(sizeof(int) * Max(info->n, 1));
+	info->currencies = palloc0(sizeof(int) * Max(info->n, 1));
+	for (i = 0; i < info->n; i++)
+		info->buckets[i] = -1;
 	for (row = 0; row < SPI_processed; row++)
 	{
 		HeapTuple	tuple = SPI_tuptable->vals[row];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 		int64		id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
-		int64	   *found = bsearch(&id, ids, n, sizeof(int64), cmp_int64);
+		int64	   *found = bsearch(&id, info->ids, info->n, sizeof(int64), cmp_int64);
 
-		buckets[found - ids] = DatumGetInt32(SPI_getbinval(tuple, desc, 2, &isnull));
+		info->buckets[found - info->ids] =
+			DatumGetInt32(SPI_getbinval(tuple, desc, 2, &isnull));
+		info->currencies[found - info->ids] =
+			DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
 	}
 }
 
-/* The bucket of an account in the sorted ids lookup_buckets() was given. */
+/* Where an account is in the AccountInfo, erroring when it does not exist. */
 static int
-bucket_of(int64 account_id, int64 *ids, int *buckets, int n)
+account_index(AccountInfo *info, int64 account_id)
 {
-	int64	   *found = bsearch(&account_id, ids, n, sizeof(int64), cmp_int64);
+	int64	   *found = bsearch(&account_id, info->ids, info->n, sizeof(int64),
+								cmp_int64);
 
-	if (found == NULL || buckets[found - ids] < 0)
+	if (found == NULL || info->buckets[found - info->ids] < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
 				 errmsg("account " INT64_FORMAT " does not exist", account_id),
 				 errhint("Open it first with ledger_open_account().")));
-	return buckets[found - ids];
+	return found - info->ids;
+}
+
+/* The bucket of an existing account. */
+static int
+bucket_of(AccountInfo *info, int64 account_id)
+{
+	return info->buckets[account_index(info, account_id)];
 }
 
 /*
- * Check that the given accounts, all distinct, exist, raising an error naming
- * the first that does not; return the bucket of the first, the paying
- * account.  Called inside SPI.
+ * Money moves only between accounts of one currency: check that the payee
+ * holds the payer's.
+ */
+static void
+check_same_currency(AccountInfo *info, int64 payer, int64 payee)
+{
+	int			from = info->currencies[account_index(info, payer)];
+	int			to = info->currencies[account_index(info, payee)];
+
+	if (from != to)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("accounts " INT64_FORMAT " and " INT64_FORMAT " hold different currencies",
+						payer, payee),
+				 errdetail("Money moves only between accounts of one currency.")));
+}
+
+/*
+ * Look up the accounts of a call, not necessarily distinct.  Called inside
+ * SPI.
+ */
+static AccountInfo *
+lookup_account_set(int64 *ids, int n)
+{
+	AccountInfo *info = palloc(sizeof(AccountInfo));
+	int			i;
+
+	info->ids = palloc(sizeof(int64) * Max(n, 1));
+	memcpy(info->ids, ids, sizeof(int64) * n);
+	qsort(info->ids, n, sizeof(int64), cmp_int64);
+	info->n = 0;
+	for (i = 0; i < n; i++)
+		if (info->n == 0 || info->ids[info->n - 1] != info->ids[i])
+			info->ids[info->n++] = info->ids[i];
+	lookup_buckets(info);
+	return info;
+}
+
+/*
+ * Check that the given accounts exist, raising an error naming the first
+ * that does not, and that they hold one currency; return the bucket of the
+ * first, the paying account.  Called inside SPI.
  */
 static int
 lookup_accounts(int64 *ids, int n)
 {
-	int64	   *sorted = palloc(sizeof(int64) * n);
-	int		   *buckets = palloc(sizeof(int) * n);
+	AccountInfo *info = lookup_account_set(ids, n);
 	int			i;
 
-	memcpy(sorted, ids, sizeof(int64) * n);
-	qsort(sorted, n, sizeof(int64), cmp_int64);
-	lookup_buckets(sorted, n, buckets);
 	for (i = 0; i < n; i++)
-		(void) bucket_of(ids[i], sorted, buckets, n);
-	return bucket_of(ids[0], sorted, buckets, n);
+		(void) bucket_of(info, ids[i]);
+	for (i = 1; i < n; i++)
+		check_same_currency(info, ids[0], ids[i]);
+	return bucket_of(info, ids[0]);
+}
+
+/*
+ * The spam guard: refuse a payer more pending events than
+ * ledger.max_pending_per_account, counting the ones being added
+ * (adding[i] for payers[i], distinct).  Reads each payer's entries in the
+ * queue, at most as many as the setting.  Called inside SPI.
+ */
+static void
+check_pending(int64 *payers, int *adding, int npayers)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[2] = {INT8ARRAYOID, INT8OID};
+	Datum		args[2];
+	uint64		row;
+
+	if (ledger_max_pending_per_account <= 0 || !ledger_schema_has_holds())
+		return;
+	ledger_prepare_plan(&plan,
+						"SELECT (SELECT count(*) FROM (SELECT FROM ledger.queue q"
+						"                               WHERE q.account_id = u.id LIMIT $2) p)"
+						"  FROM unnest($1) WITH ORDINALITY AS u(id, n)"
+						" ORDER BY u.n",
+						2, argtypes);
+	args[0] = bigint_array(payers, npayers);
+	args[1] = Int64GetDatum(ledger_max_pending_per_account);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT ||
+		SPI_processed != npayers)
+		elog(ERROR, "could not count pending events");
+	for (row = 0; row < SPI_processed; row++)
+	{
+		bool		isnull;
+		int64		pending = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[row],
+														  SPI_tuptable->tupdesc,
+														  1, &isnull));
+
+		if (pending + adding[row] > ledger_max_pending_per_account)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("account " INT64_FORMAT " has too many events pending",
+							payers[row]),
+					 errdetail("At most %d events of one paying account may wait to be applied (ledger.max_pending_per_account).",
+							   ledger_max_pending_per_account),
+					 errhint("Retry once some are applied.")));
+	}
 }
 
 /* The sequence event ids are drawn from. */
@@ -344,22 +491,38 @@ static int64
 enqueue(Movement *m, int bucket)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[8] = {INT4OID, INT8OID, CHAROID, INT8OID, INT8OID,
-	INT8OID, INT8ARRAYOID, INT8ARRAYOID};
-	Datum		values[8];
-	char		nulls[8];
+	static SPIPlanPtr plan_1_1 = NULL;
+	Oid			argtypes[11] = {INT4OID, INT8OID, CHAROID, INT8OID, INT8OID,
+		INT8OID, INT8ARRAYOID, INT8ARRAYOID, INT8OID, TIMESTAMPTZOID, JSONBOID};
+	Datum		values[11];
+	char		nulls[11];
+	bool		has_holds = ledger_schema_has_holds();
 	int64		event_id = nextval_internal(event_id_seq(), false);
 
 	if (m->idempotency_key != NULL &&
 		!claim_idempotency_keys(&m->idempotency_key, &event_id, 1)[0])
 		return event_id;
+	{
+		int			one = 1;
 
-	ledger_prepare_plan(&plan,
-				 "INSERT INTO ledger.queue (bucket, seq, id, kind, account_id,"
-				 " to_account, amount, to_accounts, amounts, enqueued_at)"
-				 " VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8,"
-				 "         statement_timestamp())",
-				 8, argtypes);
+		check_pending(&m->account_id, &one, 1);
+	}
+
+	if (has_holds)
+		ledger_prepare_plan(&plan,
+							"INSERT INTO ledger.queue (bucket, seq, id, kind, account_id,"
+							" to_account, amount, to_accounts, amounts, enqueued_at,"
+							" hold_id, expires_at, metadata)"
+							" VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8,"
+							"         statement_timestamp(), $9, $10, $11)",
+							11, argtypes);
+	else
+		ledger_prepare_plan(&plan_1_1,
+							"INSERT INTO ledger.queue (bucket, seq, id, kind, account_id,"
+							" to_account, amount, to_accounts, amounts, enqueued_at)"
+							" VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8,"
+							"         statement_timestamp())",
+							8, argtypes);
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = Int32GetDatum(bucket);
@@ -367,14 +530,20 @@ enqueue(Movement *m, int bucket)
 	values[2] = CharGetDatum(m->kind);
 	values[3] = Int64GetDatum(m->account_id);
 	values[4] = Int64GetDatum(m->to_account);
-	nulls[4] = m->kind == LEDGER_TRANSFER ? ' ' : 'n';
+	nulls[4] = m->to_account != 0 ? ' ' : 'n';
 	values[5] = Int64GetDatum(m->amount);
 	values[6] = m->to_accounts;
 	nulls[6] = m->to_accounts ? ' ' : 'n';
 	values[7] = m->amounts;
 	nulls[7] = m->amounts ? ' ' : 'n';
+	values[8] = Int64GetDatum(m->hold_id);
+	nulls[8] = m->hold_id != 0 ? ' ' : 'n';
+	values[9] = TimestampTzGetDatum(m->expires_at);
+	nulls[9] = m->expires_at != 0 ? ' ' : 'n';
+	values[10] = PointerGetDatum(m->metadata);
+	nulls[10] = m->metadata ? ' ' : 'n';
 
-	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT)
+	if (SPI_execute_plan(has_holds ? plan : plan_1_1, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not enqueue event");
 
 	ledger_wake_at_commit(bucket);
@@ -382,20 +551,89 @@ enqueue(Movement *m, int bucket)
 }
 
 /*
- * ledger_open_account(account_id, allow_negative) - open an account in
- * bucket (account_id mod ledger.buckets).  Opening it again with the same
- * flag does nothing.
+ * The number of a currency, registering it on first use together with its
+ * external accounts, one per bucket.  Registering locks ledger.currencies,
+ * so that two new currencies do not take the same number.  Called inside
+ * SPI.
+ */
+static int
+currency_number(const char *code)
+{
+	static SPIPlanPtr select_plan = NULL;
+	static SPIPlanPtr insert_plan = NULL;
+	static SPIPlanPtr external_plan = NULL;
+	Oid			argtypes[1] = {TEXTOID};
+	Oid			external_argtypes[2] = {INT4OID, INT4OID};
+	Datum		args[2];
+	bool		isnull;
+	int			no;
+
+	if (!ledger_valid_currency_code(code))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid currency code \"%s\"", code),
+				 errdetail("A currency code is an upper-case letter followed by at most %d upper-case letters, digits or underscores.",
+						   LEDGER_MAX_CURRENCY_LENGTH - 1)));
+
+	ledger_prepare_plan(&select_plan,
+						"SELECT c.no FROM ledger.currencies c WHERE c.code = $1",
+						1, argtypes);
+	args[0] = CStringGetTextDatum(code);
+	if (SPI_execute_plan(select_plan, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up currency \"%s\"", code);
+	if (SPI_processed == 1)
+		return DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 1, &isnull));
+
+	/* one registration at a time; one that beat us returns its number */
+	if (SPI_execute("LOCK TABLE ledger.currencies IN SHARE ROW EXCLUSIVE MODE",
+					false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not lock ledger.currencies");
+	ledger_prepare_plan(&insert_plan,
+						"INSERT INTO ledger.currencies (no, code)"
+						" SELECT COALESCE((SELECT max(c.no) + 1 FROM ledger.currencies c), 0), $1"
+						" ON CONFLICT (code) DO UPDATE SET code = EXCLUDED.code"
+						" RETURNING no",
+						1, argtypes);
+	if (SPI_execute_plan(insert_plan, args, NULL, false, 1) != SPI_OK_INSERT_RETURNING ||
+		SPI_processed != 1)
+		elog(ERROR, "could not register currency \"%s\"", code);
+	no = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+									 SPI_tuptable->tupdesc, 1, &isnull));
+
+	ledger_prepare_plan(&external_plan,
+						"INSERT INTO ledger.accounts (id, allow_negative, bucket, currency)"
+						" SELECT -1 - b - 64 * $2::bigint, true, b, $2"
+						"   FROM generate_series(0, $1::integer - 1) b"
+						" ON CONFLICT (id) DO NOTHING",
+						2, external_argtypes);
+	args[0] = Int32GetDatum(ledger_buckets);
+	args[1] = Int32GetDatum(no);
+	if (SPI_execute_plan(external_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not open the external accounts of currency \"%s\"", code);
+	return no;
+}
+
+/*
+ * ledger_open_account(account_id, allow_negative, currency) - open an account
+ * in bucket (account_id mod ledger.buckets).  Opening it again the same way
+ * does nothing; its flag and currency cannot change.
  */
 PG_FUNCTION_INFO_V1(ledger_open_account);
 Datum
 ledger_open_account(PG_FUNCTION_ARGS)
 {
 	static SPIPlanPtr insert_plan = NULL;
+	static SPIPlanPtr insert_plan_1_1 = NULL;
 	static SPIPlanPtr select_plan = NULL;
-	Oid			argtypes[3] = {INT8OID, BOOLOID, INT4OID};
-	Datum		values[3];
+	static SPIPlanPtr select_plan_1_1 = NULL;
+	Oid			argtypes[4] = {INT8OID, BOOLOID, INT4OID, INT4OID};
+	Datum		values[4];
+	bool		has_currencies = ledger_schema_has_holds();
 	int64		account_id;
 	bool		allow_negative;
+	const char *currency = NULL;
+	int			currency_no = 0;
 	bool		isnull;
 
 	require_arg(fcinfo, 0, "account_id");
@@ -403,36 +641,70 @@ ledger_open_account(PG_FUNCTION_ARGS)
 	account_id = PG_GETARG_INT64(0);
 	allow_negative = PG_GETARG_BOOL(1);
 	check_account_id(account_id);
+	if (PG_NARGS() > 2)
+		currency = PG_ARGISNULL(2) ? ledger_default_currency :
+			text_to_cstring(PG_GETARG_TEXT_PP(2));
 
 	SPI_connect();
-	ledger_prepare_plan(&insert_plan,
-				 "INSERT INTO ledger.accounts (id, allow_negative, bucket)"
-				 " VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
-				 3, argtypes);
+	if (has_currencies)
+		currency_no = currency_number(currency ? currency : ledger_default_currency);
+
 	values[0] = Int64GetDatum(account_id);
 	values[1] = BoolGetDatum(allow_negative);
 	values[2] = Int32GetDatum((int32) (account_id % ledger_buckets));
-	if (SPI_execute_plan(insert_plan, values, NULL, false, 0) != SPI_OK_INSERT)
+	values[3] = Int32GetDatum(currency_no);
+	if (has_currencies)
+		ledger_prepare_plan(&insert_plan,
+							"INSERT INTO ledger.accounts (id, allow_negative, bucket, currency)"
+							" VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+							4, argtypes);
+	else
+		ledger_prepare_plan(&insert_plan_1_1,
+							"INSERT INTO ledger.accounts (id, allow_negative, bucket)"
+							" VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
+							3, argtypes);
+	if (SPI_execute_plan(has_currencies ? insert_plan : insert_plan_1_1,
+						 values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not open account");
 
 	if (SPI_processed == 0)
 	{
 		bool		existing;
+		int			existing_currency;
 
-		ledger_prepare_plan(&select_plan,
-					 "SELECT a.allow_negative FROM ledger.accounts a WHERE a.id = $1",
-					 1, argtypes);
-		if (SPI_execute_plan(select_plan, values, NULL, false, 1) != SPI_OK_SELECT ||
+		if (has_currencies)
+			ledger_prepare_plan(&select_plan,
+								"SELECT a.allow_negative, a.currency, c.code"
+								"  FROM ledger.accounts a"
+								"  JOIN ledger.currencies c ON c.no = a.currency"
+								" WHERE a.id = $1",
+								1, argtypes);
+		else
+			ledger_prepare_plan(&select_plan_1_1,
+								"SELECT a.allow_negative, 0, NULL FROM ledger.accounts a"
+								" WHERE a.id = $1",
+								1, argtypes);
+		if (SPI_execute_plan(has_currencies ? select_plan : select_plan_1_1,
+							 values, NULL, false, 1) != SPI_OK_SELECT ||
 			SPI_processed != 1)
 			elog(ERROR, "could not read account " INT64_FORMAT, account_id);
 		existing = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
 											  SPI_tuptable->tupdesc, 1, &isnull));
+		existing_currency = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
+														SPI_tuptable->tupdesc, 2, &isnull));
 		if (existing != allow_negative)
 			ereport(ERROR,
 					(errcode(ERRCODE_DUPLICATE_OBJECT),
 					 errmsg("account " INT64_FORMAT " is already open with allow_negative = %s",
 							account_id, existing ? "true" : "false"),
 					 errdetail("An account's allow_negative flag cannot change.")));
+		if (existing_currency != currency_no)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("account " INT64_FORMAT " is already open in currency %s",
+							account_id, SPI_getvalue(SPI_tuptable->vals[0],
+													 SPI_tuptable->tupdesc, 3)),
+					 errdetail("An account's currency cannot change.")));
 	}
 	SPI_finish();
 	PG_RETURN_VOID();
@@ -453,6 +725,7 @@ enqueue_external(FunctionCallInfo fcinfo, char kind)
 	check_account_id(m.account_id);
 	check_amount(m.amount);
 	m.idempotency_key = get_idempotency_key(fcinfo, 2);
+	m.metadata = get_metadata(fcinfo, 3);
 
 	SPI_connect();
 	event_id = enqueue(&m, lookup_accounts(&m.account_id, 1));
@@ -491,6 +764,7 @@ ledger_transfer(PG_FUNCTION_ARGS)
 	m.amount = PG_GETARG_INT64(2);
 	check_transfer(m.account_id, m.to_account, m.amount);
 	m.idempotency_key = get_idempotency_key(fcinfo, 3);
+	m.metadata = get_metadata(fcinfo, 4);
 
 	ids[0] = m.account_id;
 	ids[1] = m.to_account;
@@ -575,6 +849,7 @@ ledger_disburse(PG_FUNCTION_ARGS)
 	m.to_accounts = bigint_array(payees, npayees);
 	m.amounts = bigint_array(amounts, npayees);
 	m.idempotency_key = get_idempotency_key(fcinfo, 3);
+	m.metadata = get_metadata(fcinfo, 4);
 
 	/* the payer first: its bucket is the event's */
 	ids = palloc(sizeof(int64) * (npayees + 1));
@@ -585,6 +860,191 @@ ledger_disburse(PG_FUNCTION_ARGS)
 	event_id = enqueue(&m, lookup_accounts(ids, npayees + 1));
 	SPI_finish();
 	PG_RETURN_INT64(event_id);
+}
+
+/*
+ * ledger_hold(from_account, to_account, amount, timeout) - reserve money of
+ * the payer for the payee, until posted, voided, or timed out.
+ */
+PG_FUNCTION_INFO_V1(ledger_hold);
+Datum
+ledger_hold(PG_FUNCTION_ARGS)
+{
+	Movement	m = {0};
+	int64		ids[2];
+	int64		event_id;
+
+	require_arg(fcinfo, 0, "from_account");
+	require_arg(fcinfo, 1, "to_account");
+	require_arg(fcinfo, 2, "amount");
+	m.kind = LEDGER_HOLD;
+	m.account_id = PG_GETARG_INT64(0);
+	m.to_account = PG_GETARG_INT64(1);
+	m.amount = PG_GETARG_INT64(2);
+	check_transfer(m.account_id, m.to_account, m.amount);
+	if (!PG_ARGISNULL(3))
+	{
+		TimestampTz now = GetCurrentStatementStartTimestamp();
+
+		m.expires_at = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+															   TimestampTzGetDatum(now),
+															   PG_GETARG_DATUM(3)));
+		if (m.expires_at <= now || TIMESTAMP_NOT_FINITE(m.expires_at))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("timeout must be a positive interval"),
+					 errhint("Pass NULL for a hold without a timeout.")));
+	}
+	m.idempotency_key = get_idempotency_key(fcinfo, 4);
+	m.metadata = get_metadata(fcinfo, 5);
+
+	ids[0] = m.account_id;
+	ids[1] = m.to_account;
+	SPI_connect();
+	event_id = enqueue(&m, lookup_accounts(ids, 2));
+	SPI_finish();
+	PG_RETURN_INT64(event_id);
+}
+
+/*
+ * Find a hold, applied or still queued: fill in its payer and payee, and
+ * return the payer's bucket.  Called inside SPI.
+ */
+static int
+find_hold(int64 hold_id, Movement *m)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtype = INT8OID;
+	Datum		arg = Int64GetDatum(hold_id);
+	HeapTuple	row;
+	TupleDesc	desc;
+	bool		isnull;
+
+	ledger_prepare_plan(&plan,
+						"SELECT q.account_id, q.to_account, q.bucket FROM ledger.queue q"
+						" WHERE q.id = $1 AND q.kind = 'h'"
+						" UNION ALL"
+						" SELECT e.account_id, e.to_account, a.bucket"
+						"   FROM ledger.events e JOIN ledger.accounts a ON a.id = e.account_id"
+						"  WHERE e.id = $1 AND e.kind = 'h'"
+						" LIMIT 1",
+						1, &argtype);
+	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up hold " INT64_FORMAT, hold_id);
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("hold " INT64_FORMAT " does not exist", hold_id),
+				 errhint("Pass the event id ledger_hold() returned.")));
+	row = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	m->hold_id = hold_id;
+	m->account_id = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
+	m->to_account = DatumGetInt64(SPI_getbinval(row, desc, 2, &isnull));
+	return DatumGetInt32(SPI_getbinval(row, desc, 3, &isnull));
+}
+
+/*
+ * ledger_post(hold_id, amount) - move the money of a hold, all of it or the
+ * amount given (the rest is released).  Whether the hold is still open, and
+ * holds that much, is decided when the post is applied.
+ */
+PG_FUNCTION_INFO_V1(ledger_post);
+Datum
+ledger_post(PG_FUNCTION_ARGS)
+{
+	Movement	m = {0};
+	int64		event_id;
+	int			bucket;
+
+	require_arg(fcinfo, 0, "hold_id");
+	m.kind = LEDGER_POST;
+	if (!PG_ARGISNULL(1))
+	{
+		m.amount = PG_GETARG_INT64(1);
+		check_amount(m.amount);
+	}
+	m.idempotency_key = get_idempotency_key(fcinfo, 2);
+	m.metadata = get_metadata(fcinfo, 3);
+
+	SPI_connect();
+	bucket = find_hold(PG_GETARG_INT64(0), &m);
+	event_id = enqueue(&m, bucket);
+	SPI_finish();
+	PG_RETURN_INT64(event_id);
+}
+
+/* ledger_void(hold_id) - release a hold. */
+PG_FUNCTION_INFO_V1(ledger_void);
+Datum
+ledger_void(PG_FUNCTION_ARGS)
+{
+	Movement	m = {0};
+	int64		event_id;
+	int			bucket;
+
+	require_arg(fcinfo, 0, "hold_id");
+	m.kind = LEDGER_VOID;
+	m.idempotency_key = get_idempotency_key(fcinfo, 1);
+	m.metadata = get_metadata(fcinfo, 2);
+
+	SPI_connect();
+	bucket = find_hold(PG_GETARG_INT64(0), &m);
+	event_id = enqueue(&m, bucket);
+	SPI_finish();
+	PG_RETURN_INT64(event_id);
+}
+
+static void
+check_limit(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (!PG_ARGISNULL(argno) && PG_GETARG_INT64(argno) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be negative", name)));
+}
+
+/*
+ * ledger_set_limits(account_id, overdraft_limit, max_amount,
+ * daily_debit_limit) - replace the account's limits; NULL lifts one.  They
+ * bind the batches the workers start after this transaction commits.
+ */
+PG_FUNCTION_INFO_V1(ledger_set_limits);
+Datum
+ledger_set_limits(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtypes[4] = {INT8OID, INT8OID, INT8OID, INT8OID};
+	Datum		values[4];
+	char		nulls[4];
+	int64		account_id;
+	int			i;
+
+	require_arg(fcinfo, 0, "account_id");
+	account_id = PG_GETARG_INT64(0);
+	check_account_id(account_id);
+	check_limit(fcinfo, 1, "overdraft_limit");
+	check_limit(fcinfo, 2, "max_amount");
+	check_limit(fcinfo, 3, "daily_debit_limit");
+
+	SPI_connect();
+	(void) lookup_accounts(&account_id, 1);
+	ledger_prepare_plan(&plan,
+						"INSERT INTO ledger.limits (account_id, overdraft_limit,"
+						" max_amount, daily_debit_limit, set_at)"
+						" VALUES ($1, $2, $3, $4, statement_timestamp())",
+						4, argtypes);
+	for (i = 0; i < 4; i++)
+	{
+		values[i] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
+		nulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+	}
+	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not set the limits of account " INT64_FORMAT, account_id);
+	SPI_finish();
+
+	ledger_limits_changed_at_commit();
+	PG_RETURN_VOID();
 }
 
 /* Error context naming the element of a batch being checked. */
@@ -608,23 +1068,28 @@ Datum
 ledger_transfer_many(PG_FUNCTION_ARGS)
 {
 	static SPIPlanPtr queue_plan = NULL;
-	Oid			argtypes[5] = {INT4ARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
-	INT8ARRAYOID, INT8ARRAYOID};
+	static SPIPlanPtr queue_metadata_plan = NULL;
+	Oid			argtypes[6] = {INT4ARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
+		INT8ARRAYOID, INT8ARRAYOID, JSONBARRAYOID};
 	ErrorContextCallback errcallback;
 	int64	   *from;
 	int64	   *to;
 	int64	   *amounts;
 	text	  **keys;
+	Datum	   *metadata = NULL;
+	bool	   *metadata_nulls = NULL;
+	bool	   *queued_nulls;
 	int64	   *ids;
-	int64	   *accounts;
-	int		   *account_buckets;
+	int64	   *payers;
+	int		   *adding;
+	int			npayers;
+	AccountInfo *info;
 	bool	   *is_new;
-	Datum	   *columns[5];
-	Datum		args[5];
+	Datum	   *columns[6];
+	Datum		args[6];
 	int			n;
 	int			nto;
 	int			namounts;
-	int			naccounts;
 	int			nqueued;
 	int			element = 0;
 	Oid			seq;
@@ -663,6 +1128,24 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 		for (i = 0; i < n; i++)
 			keys[i] = nulls[i] ? NULL : DatumGetTextPP(elems[i]);
 	}
+	if (PG_NARGS() > 4 && !PG_ARGISNULL(4))
+	{
+		ArrayType  *metadata_array = PG_GETARG_ARRAYTYPE_P(4);
+		int			nmetadata;
+
+		if (ARR_NDIM(metadata_array) > 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("metadata must be a one-dimensional array")));
+		deconstruct_array(metadata_array, JSONBOID, -1, false, TYPALIGN_INT,
+						  &metadata, &metadata_nulls, &nmetadata);
+		if (nmetadata != n)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("metadata must have one element per transfer"),
+					 errdetail("There are %d transfers and %d metadata elements.",
+							   n, nmetadata)));
+	}
 	if (n == 0)
 		PG_RETURN_ARRAYTYPE_P(construct_empty_array(INT8OID));
 
@@ -678,22 +1161,17 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 		check_transfer(from[i], to[i], amounts[i]);
 		if (keys[i])
 			check_key_length(keys[i]);
+		if (metadata && !metadata_nulls[i])
+			check_metadata(DatumGetJsonbP(metadata[i]));
 	}
 	element = 0;
 
 	/* every account involved, once and sorted, and its bucket */
-	accounts = palloc(sizeof(int64) * 2 * n);
-	memcpy(accounts, from, sizeof(int64) * n);
-	memcpy(accounts + n, to, sizeof(int64) * n);
-	qsort(accounts, 2 * n, sizeof(int64), cmp_int64);
-	naccounts = 0;
-	for (i = 0; i < 2 * n; i++)
-		if (naccounts == 0 || accounts[naccounts - 1] != accounts[i])
-			accounts[naccounts++] = accounts[i];
-	account_buckets = palloc(sizeof(int) * naccounts);
-
+	payers = palloc(sizeof(int64) * 2 * n);
+	memcpy(payers, from, sizeof(int64) * n);
+	memcpy(payers + n, to, sizeof(int64) * n);
 	SPI_connect();
-	lookup_buckets(accounts, naccounts, account_buckets);
+	info = lookup_account_set(payers, 2 * n);
 
 	/* ids in call order, so that the transfers apply in that order */
 	seq = event_id_seq();
@@ -702,16 +1180,21 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 		ids[i] = nextval_internal(seq, false);
 	is_new = claim_idempotency_keys(keys, ids, n);
 
-	for (i = 0; i < 5; i++)
+	for (i = 0; i < 6; i++)
 		columns[i] = palloc(sizeof(Datum) * n);
+	queued_nulls = palloc(sizeof(bool) * n);
+	payers = palloc(sizeof(int64) * n);
+	adding = palloc0(sizeof(int) * n);
+	npayers = 0;
 	nqueued = 0;
 	for (i = 0; i < n; i++)
 	{
 		int			bucket;
 
 		element = i + 1;
-		bucket = bucket_of(from[i], accounts, account_buckets, naccounts);
-		(void) bucket_of(to[i], accounts, account_buckets, naccounts);
+		bucket = bucket_of(info, from[i]);
+		(void) bucket_of(info, to[i]);
+		check_same_currency(info, from[i], to[i]);
 		if (!is_new[i])
 			continue;
 		columns[0][nqueued] = Int32GetDatum(bucket);
@@ -719,27 +1202,60 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 		columns[2][nqueued] = Int64GetDatum(from[i]);
 		columns[3][nqueued] = Int64GetDatum(to[i]);
 		columns[4][nqueued] = Int64GetDatum(amounts[i]);
+		columns[5][nqueued] = metadata ? metadata[i] : (Datum) 0;
+		queued_nulls[nqueued] = metadata == NULL || metadata_nulls[i];
+		payers[nqueued] = from[i];
 		nqueued++;
 		ledger_wake_at_commit(bucket);
 	}
 	element = 0;
 
+	/* how many each payer adds, for the spam guard */
+	qsort(payers, nqueued, sizeof(int64), cmp_int64);
+	npayers = 0;
+	for (i = 0; i < nqueued; i++)
+	{
+		if (npayers == 0 || payers[npayers - 1] != payers[i])
+			payers[npayers++] = payers[i];
+		adding[npayers - 1]++;
+	}
+
 	if (nqueued > 0)
 	{
-		ledger_prepare_plan(&queue_plan,
-					 "INSERT INTO ledger.queue (bucket, seq, id, kind, account_id,"
-					 " to_account, amount, enqueued_at)"
-					 " SELECT u.bucket, u.id, u.id, 't', u.account_id, u.to_account,"
-					 "        u.amount, statement_timestamp()"
-					 "   FROM unnest($1, $2, $3, $4, $5)"
-					 "        AS u(bucket, id, account_id, to_account, amount)",
-					 5, argtypes);
+		int			dims[1] = {nqueued};
+		int			lbs[1] = {1};
+
+		check_pending(payers, adding, npayers);
 		args[0] = PointerGetDatum(construct_array(columns[0], nqueued, INT4OID, 4,
 												  true, TYPALIGN_INT));
 		for (i = 1; i < 5; i++)
 			args[i] = PointerGetDatum(construct_array(columns[i], nqueued, INT8OID, 8,
 													  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		if (SPI_execute_plan(queue_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		if (metadata == NULL)
+			ledger_prepare_plan(&queue_plan,
+								"INSERT INTO ledger.queue (bucket, seq, id, kind, account_id,"
+								" to_account, amount, enqueued_at)"
+								" SELECT u.bucket, u.id, u.id, 't', u.account_id, u.to_account,"
+								"        u.amount, statement_timestamp()"
+								"   FROM unnest($1, $2, $3, $4, $5)"
+								"        AS u(bucket, id, account_id, to_account, amount)",
+								5, argtypes);
+		else
+		{
+			ledger_prepare_plan(&queue_metadata_plan,
+								"INSERT INTO ledger.queue (bucket, seq, id, kind, account_id,"
+								" to_account, amount, enqueued_at, metadata)"
+								" SELECT u.bucket, u.id, u.id, 't', u.account_id, u.to_account,"
+								"        u.amount, statement_timestamp(), u.metadata"
+								"   FROM unnest($1, $2, $3, $4, $5, $6)"
+								"        AS u(bucket, id, account_id, to_account, amount, metadata)",
+								6, argtypes);
+			args[5] = PointerGetDatum(construct_md_array(columns[5], queued_nulls,
+														 1, dims, lbs, JSONBOID, -1,
+														 false, TYPALIGN_INT));
+		}
+		if (SPI_execute_plan(metadata ? queue_metadata_plan : queue_plan,
+							 args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not enqueue transfers");
 	}
 	SPI_finish();

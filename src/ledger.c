@@ -12,15 +12,17 @@
  */
 #include "postgres.h"
 
+#include <limits.h>
+
+#include "catalog/namespace.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
-#include <limits.h>
-
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 
 #include "ledger.h"
 
@@ -35,6 +37,8 @@ int			ledger_poll_interval = 1000;
 int			ledger_max_payees = 1000;
 int			ledger_breakpoint_interval = 1000;
 bool		ledger_log_batches = false;
+char	   *ledger_default_currency = NULL;
+int			ledger_max_pending_per_account = 1000;
 
 LedgerSharedState *ledger_shared = NULL;
 
@@ -45,6 +49,7 @@ static void ledger_shmem_request(void);
 static void ledger_shmem_startup(void);
 static void define_settings(void);
 static void register_workers(void);
+static bool check_currency_code(char **newval, void **extra, GucSource source);
 
 void
 _PG_init(void)
@@ -121,6 +126,24 @@ define_settings(void)
 							0,
 							NULL, NULL, NULL);
 
+	DefineCustomStringVariable("ledger.default_currency",
+							   "Currency of accounts opened without one.",
+							   NULL,
+							   &ledger_default_currency,
+							   "XXX",
+							   PGC_USERSET,
+							   0,
+							   check_currency_code, NULL, NULL);
+
+	DefineCustomIntVariable("ledger.max_pending_per_account",
+							"Most events of one paying account that may wait to be applied.",
+							"Enqueueing more raises an error; 0 lets any number wait.",
+							&ledger_max_pending_per_account,
+							1000, 0, INT_MAX,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
 	DefineCustomBoolVariable("ledger.log_batches",
 							 "Log every batch a worker applies.",
 							 NULL,
@@ -181,6 +204,7 @@ ledger_shmem_startup(void)
 
 		memset(ledger_shared, 0, sizeof(LedgerSharedState));
 		ConditionVariableInit(&ledger_shared->batch_applied);
+		pg_atomic_init_u64(&ledger_shared->limits_generation, 0);
 		for (i = 0; i < LEDGER_MAX_BUCKETS; i++)
 			SpinLockInit(&ledger_shared->workers[i].mutex);
 	}
@@ -221,4 +245,53 @@ int
 ledger_worker_of_bucket(int bucket)
 {
 	return bucket % ledger_buckets;
+}
+
+/*
+ * Is the schema installed 1.2 or later?  The library serves the schemas of
+ * earlier versions too, as they stand between installing a new package and
+ * ALTER EXTENSION ledger UPDATE: without holds, currencies or metadata.  A
+ * few syscache probes, cheap enough for every call.
+ */
+bool
+ledger_schema_has_holds(void)
+{
+	Oid			nsp = get_namespace_oid("ledger", true);
+	Oid			relid;
+
+	if (!OidIsValid(nsp))
+		return false;
+	relid = get_relname_relid("hold_ends", nsp);
+	return OidIsValid(relid);
+}
+
+/*
+ * A currency code: an upper-case letter, then up to 15 upper-case letters,
+ * digits or underscores ("USD", "EUR", "USDC").
+ */
+bool
+ledger_valid_currency_code(const char *code)
+{
+	int			i;
+
+	if (code == NULL || !(code[0] >= 'A' && code[0] <= 'Z'))
+		return false;
+	for (i = 1; code[i] != '\0'; i++)
+	{
+		if (i >= LEDGER_MAX_CURRENCY_LENGTH ||
+			!((code[i] >= 'A' && code[i] <= 'Z') ||
+			  (code[i] >= '0' && code[i] <= '9') || code[i] == '_'))
+			return false;
+	}
+	return true;
+}
+
+static bool
+check_currency_code(char **newval, void **extra, GucSource source)
+{
+	if (ledger_valid_currency_code(*newval))
+		return true;
+	GUC_check_errdetail("A currency code is an upper-case letter followed by at most %d upper-case letters, digits or underscores.",
+						LEDGER_MAX_CURRENCY_LENGTH - 1);
+	return false;
 }

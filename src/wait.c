@@ -26,9 +26,21 @@
 
 /* Workers to wake when the current transaction commits, one bit each. */
 static uint64 wake_mask = 0;
+/* Did the current transaction change an account's limits? */
+static bool limits_changed = false;
 static bool callback_registered = false;
 
 static void wake_on_commit(XactEvent event, void *arg);
+
+static void
+register_callback(void)
+{
+	if (!callback_registered)
+	{
+		RegisterXactCallback(wake_on_commit, NULL);
+		callback_registered = true;
+	}
+}
 
 /*
  * Remember to wake the worker of a bucket once the enqueueing transaction
@@ -40,12 +52,23 @@ ledger_wake_at_commit(int bucket)
 	if (ledger_shared == NULL)
 		return;
 
-	if (!callback_registered)
-	{
-		RegisterXactCallback(wake_on_commit, NULL);
-		callback_registered = true;
-	}
+	register_callback();
 	wake_mask |= UINT64CONST(1) << ledger_worker_of_bucket(bucket);
+}
+
+/*
+ * Tell the workers, once the current transaction commits, that limits
+ * changed: they reload the accounts they hold, limits with them, before
+ * their next batch.
+ */
+void
+ledger_limits_changed_at_commit(void)
+{
+	if (ledger_shared == NULL)
+		return;
+
+	register_callback();
+	limits_changed = true;
 }
 
 static void
@@ -58,6 +81,9 @@ wake_on_commit(XactEvent event, void *arg)
 			{
 				int			worker;
 
+				if (limits_changed)
+					pg_atomic_fetch_add_u64(&ledger_shared->limits_generation, 1);
+				limits_changed = false;
 				for (worker = 0; wake_mask != 0; worker++, wake_mask >>= 1)
 				{
 					if (wake_mask & 1)
@@ -68,6 +94,7 @@ wake_on_commit(XactEvent event, void *arg)
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			wake_mask = 0;
+			limits_changed = false;
 			break;
 		default:
 			break;

@@ -105,14 +105,17 @@ apply_pass(void)
 		LedgerBatchCounts counts = {0};
 		instr_time	start;
 		bool		ready;
+		uint64		limits_generation;
 
+		/* before the snapshot: limits changed later are seen next time */
+		limits_generation = pg_atomic_read_u64(&ledger_shared->limits_generation);
 		INSTR_TIME_SET_CURRENT(start);
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
 
-		ready = ledger_apply_ready(my_worker, &nbuckets);
+		ready = ledger_apply_ready(my_worker, limits_generation, &nbuckets);
 		if (ready && i < nbuckets)
 		{
 			snprintf(activity, sizeof(activity),

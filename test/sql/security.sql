@@ -97,7 +97,15 @@ INSERT INTO calls (sql) VALUES
 ('SELECT nextval(''ledger.event_id_seq'')::text'),
 ('SELECT ledger.refuse_change()::text'),
 ('SELECT set_config(''ledger.max_payees'', ''100000'', false)'),
-('SELECT set_config(''session_replication_role'', ''replica'', false)');
+('SELECT set_config(''session_replication_role'', ''replica'', false)'),
+('SELECT (ledger_hold(6001, 6002, 4) > 0)::text'),
+('SELECT ledger_available(6001)::text'),
+('SELECT ledger_balance(6001, now())::text'),
+('SELECT count(*)::text FROM ledger_history(6001, ''-infinity'', ''infinity'')'),
+('SELECT count(*)::text FROM ledger_find_events(''{"k": 1}'')'),
+('SELECT ledger_set_limits(6001, 0)::text'),
+('SELECT count(*)::text FROM ledger.limits'),
+('SELECT set_config(''ledger.max_pending_per_account'', ''0'', false)');
 
 -- a member of ledger_client: the API works, the tables are out of reach
 SET ROLE regress_ledger_user;

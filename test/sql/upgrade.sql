@@ -25,5 +25,34 @@ SELECT * FROM ledger_verify();
 -- what 1.1 adds
 SELECT bucket, pid IS NOT NULL AS running, paused FROM ledger_stats ORDER BY bucket;
 
+-- The 1.1 -> 1.2 upgrade, with an event pending across it: the worker of
+-- account 8001's bucket is paused while it is enqueued and the schema
+-- changes under it.
+SELECT ledger_pause(1);
+SELECT ledger_transfer(8001, 8002, 7) AS pending_transfer \gset
+ALTER EXTENSION ledger UPDATE TO '1.2';
+SELECT extversion FROM pg_extension WHERE extname = 'ledger';
+SELECT ledger_resume(1);
+SELECT ledger_wait(:pending_transfer, 30000);
+
+-- accounts opened before 1.2 are in currency 0, named after the setting
+SELECT * FROM ledger.currencies;
+SELECT count(*) AS accounts, min(currency), max(currency) FROM ledger.accounts;
+SELECT a, ledger_balance(a), ledger_available(a) FROM generate_series(8001, 8004) a;
+SELECT * FROM ledger_verify();
+
+-- the events of earlier versions read as before, with 1.2's columns empty
+SELECT kind, status, hold_id, expires_at, metadata FROM ledger_event((SELECT id FROM ev LIMIT 1));
+
+-- and what 1.2 adds works on the upgraded ledger
+SELECT ledger_hold(8001, 8004, 100) AS h \gset
+SELECT ledger_wait(:h, 30000);
+SELECT ledger_balance(8001), ledger_available(8001), ledger_hold_status(:h);
+SELECT ledger_post(:h, 60, NULL, '{"upgrade": true}') AS p \gset
+SELECT ledger_wait(:p, 30000);
+SELECT ledger_balance(8001), ledger_available(8001), ledger_balance(8004), ledger_hold_status(:h);
+SELECT event_id = :p AS found FROM ledger_find_events('{"upgrade": true}');
+SELECT * FROM ledger_verify();
+
 -- leave the database to the next test without the extension
 DROP EXTENSION ledger;

@@ -1,0 +1,385 @@
+/*-------------------------------------------------------------------------
+ *
+ * accounts.c
+ *	  The bucket worker's account cache, and the checks of a debit.
+ *
+ * An account is loaded the first time a batch names it: its flags and
+ * currency, its newest leg and breakpoint, its open holds, its limits and,
+ * when it has a daily debit limit, its debits of the last 24 hours.  From
+ * then on the worker keeps all of it up to date itself.  Changed limits
+ * empty the cache (apply.c): the accounts are loaded again, limits with
+ * them.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "common/int.h"
+#include "executor/spi.h"
+#include "utils/array.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "ledger.h"
+#include "apply.h"
+
+/* The window a daily debit limit looks back over. */
+#define DAY_USECS	(INT64CONST(24) * 60 * 60 * 1000000)
+
+/*
+ * The debits of one account over the last day, oldest first, as a growing
+ * array read from head on: entries fall out at the head as they age.
+ */
+struct DebitWindow
+{
+	int			head;
+	int			n;
+	int			size;
+	TimestampTz *at;
+	int64	   *amount;
+	int128		total;			/* of entries head .. n - 1 */
+};
+
+static HTAB *account_cache = NULL;
+static MemoryContext cache_context = NULL;
+
+static SPIPlanPtr load_plan = NULL;
+static SPIPlanPtr load_plan_1_1 = NULL;
+static SPIPlanPtr window_plan = NULL;
+
+static void
+free_plan(SPIPlanPtr *plan)
+{
+	if (*plan)
+		SPI_freeplan(*plan);
+	*plan = NULL;
+}
+
+/* Forget every account, and the plans that loaded them. */
+void
+ledger_accounts_reset(void)
+{
+	if (cache_context)
+		MemoryContextDelete(cache_context);
+	cache_context = NULL;
+	account_cache = NULL;
+	free_plan(&load_plan);
+	free_plan(&load_plan_1_1);
+	free_plan(&window_plan);
+}
+
+static void
+create_cache(void)
+{
+	HASHCTL		ctl;
+
+	cache_context = AllocSetContextCreate(TopMemoryContext,
+										  "ledger account cache",
+										  ALLOCSET_DEFAULT_SIZES);
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(AccountState);
+	ctl.hcxt = cache_context;
+	account_cache = hash_create("ledger account cache", 4096, &ctl,
+								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
+AccountState *
+ledger_find_account(int64 account_id)
+{
+	if (account_cache == NULL)
+		return NULL;
+	return hash_search(account_cache, &account_id, HASH_FIND, NULL);
+}
+
+/* Daily windows */
+
+static void
+window_append(DebitWindow *w, TimestampTz at, int64 amount)
+{
+	if (w->n == w->size)
+	{
+		if (w->head > 0)
+		{
+			/* slide the live entries down rather than grow */
+			memmove(w->at, w->at + w->head, sizeof(TimestampTz) * (w->n - w->head));
+			memmove(w->amount, w->amount + w->head, sizeof(int64) * (w->n - w->head));
+			w->n -= w->head;
+			w->head = 0;
+		}
+		if (w->n == w->size)
+		{
+			w->size *= 2;
+			w->at = repalloc(w->at, sizeof(TimestampTz) * w->size);
+			w->amount = repalloc(w->amount, sizeof(int64) * w->size);
+		}
+	}
+	w->at[w->n] = at;
+	w->amount[w->n] = amount;
+	w->n++;
+	w->total += amount;
+}
+
+/* The account's debits of the 24 hours before now. */
+static int128
+window_total(DebitWindow *w, TimestampTz now)
+{
+	while (w->head < w->n && w->at[w->head] <= now - DAY_USECS)
+	{
+		w->total -= w->amount[w->head];
+		w->head++;
+	}
+	if (w->head == w->n)
+		w->head = w->n = 0;
+	return w->total;
+}
+
+/*
+ * Read the account's debits of the last 24 hours.  Legs before the newest
+ * breakpoint older than that are not read, so the cost is that of the
+ * day's legs and at most one breakpoint interval, not of the history.
+ */
+static DebitWindow *
+load_window(AccountState *acct, TimestampTz now)
+{
+	Oid			argtypes[2] = {INT8OID, TIMESTAMPTZOID};
+	Datum		args[2];
+	DebitWindow *w;
+	uint64		i;
+
+	w = MemoryContextAllocZero(cache_context, sizeof(DebitWindow));
+	w->size = 16;
+	w->at = MemoryContextAlloc(cache_context, sizeof(TimestampTz) * w->size);
+	w->amount = MemoryContextAlloc(cache_context, sizeof(int64) * w->size);
+
+	ledger_prepare_plan(&window_plan,
+						"SELECT t.created_at, -t.amount FROM ledger.transactions t"
+						" WHERE t.account_id = $1 AND t.amount < 0 AND t.created_at > $2"
+						"   AND t.id > COALESCE((SELECT b.last_txn_id FROM ledger.breakpoints b"
+						"                         WHERE b.account_id = $1 AND b.created_at <= $2"
+						"                         ORDER BY b.created_at DESC, b.last_txn_id DESC"
+						"                         LIMIT 1), 0)"
+						" ORDER BY t.id",
+						2, argtypes);
+	args[0] = Int64GetDatum(acct->id);
+	args[1] = TimestampTzGetDatum(now - DAY_USECS);
+	if (SPI_execute_plan(window_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the debits of account " INT64_FORMAT, acct->id);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		window_append(w,
+					  DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[i],
+														SPI_tuptable->tupdesc, 1, &isnull)),
+					  DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+												  SPI_tuptable->tupdesc, 2, &isnull)));
+	}
+	return w;
+}
+
+/* Loading */
+
+static int64
+int64_or(HeapTuple row, TupleDesc desc, int column, int64 otherwise)
+{
+	bool		isnull;
+	Datum		value = SPI_getbinval(row, desc, column, &isnull);
+
+	return isnull ? otherwise : DatumGetInt64(value);
+}
+
+/*
+ * Load into the cache those of the accounts given that it does not hold
+ * yet.  An id that is no account is left out: the events naming it are
+ * rejected.  Called inside SPI.
+ */
+void
+ledger_load_accounts(int64 *ids, int nids, int worker, bool schema_1_2,
+					 TimestampTz now)
+{
+	Oid			argtype = INT8ARRAYOID;
+	Datum	   *wanted = palloc(sizeof(Datum) * Max(nids, 1));
+	int			nwanted = 0;
+	Datum		arg;
+	uint64		i;
+	int			j;
+
+	if (account_cache == NULL)
+		create_cache();
+	for (j = 0; j < nids; j++)
+		if (ledger_find_account(ids[j]) == NULL)
+			wanted[nwanted++] = Int64GetDatum(ids[j]);
+	if (nwanted == 0)
+		return;
+
+	/*
+	 * Columns: id, bucket, allow_negative, newest leg and its balance,
+	 * newest breakpoint and its balance; since 1.2 currency, limits, and
+	 * the sum of open holds.
+	 */
+	if (schema_1_2)
+		ledger_prepare_plan(&load_plan,
+							"SELECT a.id, a.bucket, a.allow_negative,"
+							"       t.id, t.balance_after, b.last_txn_id, b.current_balance,"
+							"       a.currency, l.overdraft_limit, l.max_amount,"
+							"       l.daily_debit_limit,"
+							"       (SELECT sum(e.amount)::bigint FROM ledger.events e"
+							"         WHERE e.account_id = a.id AND e.kind = 'h' AND e.status = 'a'"
+							"           AND NOT EXISTS (SELECT FROM ledger.hold_ends h"
+							"                            WHERE h.hold_id = e.id))"
+							"  FROM ledger.accounts a"
+							"  LEFT JOIN LATERAL"
+							"       (SELECT t.id, t.balance_after FROM ledger.transactions t"
+							"         WHERE t.account_id = a.id"
+							"         ORDER BY t.id DESC LIMIT 1) t ON true"
+							"  LEFT JOIN LATERAL"
+							"       (SELECT b.last_txn_id, b.current_balance FROM ledger.breakpoints b"
+							"         WHERE b.account_id = a.id"
+							"         ORDER BY b.last_txn_id DESC LIMIT 1) b ON true"
+							"  LEFT JOIN LATERAL"
+							"       (SELECT l.overdraft_limit, l.max_amount, l.daily_debit_limit"
+							"          FROM ledger.limits l WHERE l.account_id = a.id"
+							"         ORDER BY l.id DESC LIMIT 1) l ON true"
+							" WHERE a.id = ANY ($1)",
+							1, &argtype);
+	else
+		ledger_prepare_plan(&load_plan_1_1,
+							"SELECT a.id, a.bucket, a.allow_negative,"
+							"       t.id, t.balance_after, b.last_txn_id, b.current_balance"
+							"  FROM ledger.accounts a"
+							"  LEFT JOIN LATERAL"
+							"       (SELECT t.id, t.balance_after FROM ledger.transactions t"
+							"         WHERE t.account_id = a.id"
+							"         ORDER BY t.id DESC LIMIT 1) t ON true"
+							"  LEFT JOIN LATERAL"
+							"       (SELECT b.last_txn_id, b.current_balance FROM ledger.breakpoints b"
+							"         WHERE b.account_id = a.id"
+							"         ORDER BY b.last_txn_id DESC LIMIT 1) b ON true"
+							" WHERE a.id = ANY ($1)",
+							1, &argtype);
+	arg = PointerGetDatum(construct_array(wanted, nwanted, INT8OID, 8,
+										  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(schema_1_2 ? load_plan : load_plan_1_1,
+						 &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not load accounts");
+
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		int64		id = int64_or(row, desc, 1, 0);
+		AccountState *acct;
+		bool		isnull;
+
+		acct = hash_search(account_cache, &id, HASH_ENTER, NULL);
+		acct->bucket = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
+		acct->allow_negative = DatumGetBool(SPI_getbinval(row, desc, 3, &isnull));
+		acct->owned = ledger_worker_of_bucket(acct->bucket) == worker;
+		acct->last_txn_id = int64_or(row, desc, 4, 0);
+		acct->balance = int64_or(row, desc, 5, 0);
+		acct->bp_first_txn_id = int64_or(row, desc, 6, 0) + 1;
+		acct->bp_balance = int64_or(row, desc, 7, 0);
+
+		/*
+		 * Count the legs since the breakpoint from here on: after a restart
+		 * the next breakpoint of an account may cover up to twice the
+		 * interval, which keeps loading an account to two index probes.
+		 */
+		acct->legs_since_bp = 0;
+
+		acct->currency = 0;
+		acct->overdraft_limit = LEDGER_NO_LIMIT;
+		acct->max_amount = LEDGER_NO_LIMIT;
+		acct->daily_debit_limit = LEDGER_NO_LIMIT;
+		acct->held = 0;
+		acct->window = NULL;
+		if (schema_1_2)
+		{
+			acct->currency = DatumGetInt32(SPI_getbinval(row, desc, 8, &isnull));
+			acct->overdraft_limit = int64_or(row, desc, 9, LEDGER_NO_LIMIT);
+			acct->max_amount = int64_or(row, desc, 10, LEDGER_NO_LIMIT);
+			acct->daily_debit_limit = int64_or(row, desc, 11, LEDGER_NO_LIMIT);
+			acct->held = int64_or(row, desc, 12, 0);
+		}
+	}
+
+	/* the windows last: reading them replaces SPI_tuptable */
+	for (j = 0; j < nwanted; j++)
+	{
+		AccountState *acct = ledger_find_account(DatumGetInt64(wanted[j]));
+
+		if (acct && acct->owned && acct->daily_debit_limit != LEDGER_NO_LIMIT)
+			acct->window = load_window(acct, now);
+	}
+}
+
+/* Deciding */
+
+/*
+ * May the account pay amount now?  Its limits first (largest debit, debits
+ * of the last 24 hours), then what is left of the balance once its open
+ * holds are set aside: down to minus its overdraft limit if it has one,
+ * without end if it may go negative, else to zero.  Sets *reason when not.
+ */
+bool
+ledger_can_debit(AccountState *acct, int64 amount, TimestampTz now,
+				 const char **reason)
+{
+	int128		available;
+	int64		result;
+
+	if (acct->max_amount != LEDGER_NO_LIMIT && amount > acct->max_amount)
+	{
+		*reason = "max_amount";
+		return false;
+	}
+	if (acct->window != NULL &&
+		window_total(acct->window, now) + amount > acct->daily_debit_limit)
+	{
+		*reason = "daily_debit_limit";
+		return false;
+	}
+	if (pg_sub_s64_overflow(acct->balance, amount, &result))
+	{
+		*reason = "overflow";
+		return false;
+	}
+	available = (int128) result - acct->held;
+	if (acct->overdraft_limit != LEDGER_NO_LIMIT)
+	{
+		if (available < -(int128) acct->overdraft_limit)
+		{
+			*reason = "overdraft_limit";
+			return false;
+		}
+	}
+	else if (available < 0 && !acct->allow_negative)
+	{
+		*reason = "insufficient_funds";
+		return false;
+	}
+	return true;
+}
+
+bool
+ledger_can_credit(AccountState *acct, int64 amount, const char **reason)
+{
+	int64		result;
+
+	if (pg_add_s64_overflow(acct->balance, amount, &result))
+	{
+		*reason = "overflow";
+		return false;
+	}
+	return true;
+}
+
+/* Count a debit posted to the account in its daily window. */
+void
+ledger_note_debit(AccountState *acct, int64 amount, TimestampTz at)
+{
+	if (acct->window != NULL)
+		window_append(acct->window, at, amount);
+}
