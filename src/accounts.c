@@ -310,7 +310,8 @@ ledger_load_accounts(int64 *ids, int nids, int worker, bool schema_1_2,
 	{
 		AccountState *acct = ledger_find_account(DatumGetInt64(wanted[j]));
 
-		if (acct && acct->owned && acct->daily_debit_limit != LEDGER_NO_LIMIT)
+		if (acct && acct->owned && acct->daily_debit_limit != LEDGER_NO_LIMIT &&
+			acct->window == NULL)
 			acct->window = load_window(acct, now);
 	}
 }

@@ -197,39 +197,49 @@ typedef struct AccountInfo
 	int64	   *ids;			/* sorted and distinct */
 	int		   *buckets;		/* bucket of ids[i], or -1: no such account */
 	int		   *currencies;		/* currency number of ids[i] */
+	int64	   *pending;		/* its pending events, counted up to the guard */
 	int			n;
 } AccountInfo;
 
 /*
- * Look up accounts given sorted and distinct.  Before 1.2 every account is
- * in currency 0.  Called inside SPI.
+ * Look up accounts given sorted and distinct: their buckets, currencies,
+ * and pending events for the spam guard, counted up to
+ * ledger.max_pending_per_account (none when it is 0).  Before 1.2 every
+ * account is in currency 0 and nothing is counted.  Called inside SPI.
  */
 static void
 lookup_buckets(AccountInfo *info)
 {
 	static SPIPlanPtr plan = NULL;
 	static SPIPlanPtr plan_1_1 = NULL;
-	bool		has_currencies = ledger_schema_has_holds();
-	Oid			argtype = INT8ARRAYOID;
-	Datum		arg = bigint_array(info->ids, info->n);
+	bool		has_holds = ledger_schema_has_holds();
+	Oid			argtypes[2] = {INT8ARRAYOID, INT8OID};
+	Datum		args[2];
 	uint64		row;
 	int			i;
 
-	if (has_currencies)
+	if (has_holds)
 		ledger_prepare_plan(&plan,
-							"SELECT a.id, a.bucket, a.currency FROM ledger.accounts a"
+							"SELECT a.id, a.bucket, a.currency,"
+							"       (SELECT count(*) FROM (SELECT FROM ledger.queue q"
+							"                               WHERE q.account_id = a.id"
+							"                               LIMIT $2) p)"
+							"  FROM ledger.accounts a"
 							" WHERE a.id = ANY ($1)",
-							1, &argtype);
+							2, argtypes);
 	else
 		ledger_prepare_plan(&plan_1_1,
-							"SELECT a.id, a.bucket, 0 FROM ledger.accounts a"
+							"SELECT a.id, a.bucket, 0, 0::bigint FROM ledger.accounts a"
 							" WHERE a.id = ANY ($1)",
-							1, &argtype);
-	if (SPI_execute_plan(has_currencies ? plan : plan_1_1, &arg, NULL, false, 0) != SPI_OK_SELECT)
+							1, argtypes);
+	args[0] = bigint_array(info->ids, info->n);
+	args[1] = Int64GetDatum(ledger_max_pending_per_account);
+	if (SPI_execute_plan(has_holds ? plan : plan_1_1, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up accounts");
 
 	info->buckets = palloc(sizeof(int) * Max(info->n, 1));
 	info->currencies = palloc0(sizeof(int) * Max(info->n, 1));
+	info->pending = palloc0(sizeof(int64) * Max(info->n, 1));
 	for (i = 0; i < info->n; i++)
 		info->buckets[i] = -1;
 	for (row = 0; row < SPI_processed; row++)
@@ -238,12 +248,12 @@ lookup_buckets(AccountInfo *info)
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 		int64		id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
-		int64	   *found = bsearch(&id, info->ids, info->n, sizeof(int64), cmp_int64);
+		int			k = (int64 *) bsearch(&id, info->ids, info->n, sizeof(int64),
+										  cmp_int64) - info->ids;
 
-		info->buckets[found - info->ids] =
-			DatumGetInt32(SPI_getbinval(tuple, desc, 2, &isnull));
-		info->currencies[found - info->ids] =
-			DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
+		info->buckets[k] = DatumGetInt32(SPI_getbinval(tuple, desc, 2, &isnull));
+		info->currencies[k] = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
+		info->pending[k] = DatumGetInt64(SPI_getbinval(tuple, desc, 4, &isnull));
 	}
 }
 
@@ -311,10 +321,11 @@ lookup_account_set(int64 *ids, int n)
 /*
  * Check that the given accounts exist, raising an error naming the first
  * that does not, and that they hold one currency; return the bucket of the
- * first, the paying account.  Called inside SPI.
+ * first, the paying account, and set *pending to its pending events.
+ * Called inside SPI.
  */
 static int
-lookup_accounts(int64 *ids, int n)
+lookup_accounts(int64 *ids, int n, int64 *pending)
 {
 	AccountInfo *info = lookup_account_set(ids, n);
 	int			i;
@@ -323,52 +334,26 @@ lookup_accounts(int64 *ids, int n)
 		(void) bucket_of(info, ids[i]);
 	for (i = 1; i < n; i++)
 		check_same_currency(info, ids[0], ids[i]);
+	*pending = info->pending[account_index(info, ids[0])];
 	return bucket_of(info, ids[0]);
 }
 
 /*
- * The spam guard: refuse a payer more pending events than
- * ledger.max_pending_per_account, counting the ones being added
- * (adding[i] for payers[i], distinct).  Reads each payer's entries in the
- * queue, at most as many as the setting.  Called inside SPI.
+ * The spam guard: refuse a payer with pending events already counted
+ * (up to the setting) more than ledger.max_pending_per_account with the
+ * adding ones.
  */
 static void
-check_pending(int64 *payers, int *adding, int npayers)
+check_pending(int64 payer, int64 pending, int adding)
 {
-	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[2] = {INT8ARRAYOID, INT8OID};
-	Datum		args[2];
-	uint64		row;
-
-	if (ledger_max_pending_per_account <= 0 || !ledger_schema_has_holds())
-		return;
-	ledger_prepare_plan(&plan,
-						"SELECT (SELECT count(*) FROM (SELECT FROM ledger.queue q"
-						"                               WHERE q.account_id = u.id LIMIT $2) p)"
-						"  FROM unnest($1) WITH ORDINALITY AS u(id, n)"
-						" ORDER BY u.n",
-						2, argtypes);
-	args[0] = bigint_array(payers, npayers);
-	args[1] = Int64GetDatum(ledger_max_pending_per_account);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT ||
-		SPI_processed != npayers)
-		elog(ERROR, "could not count pending events");
-	for (row = 0; row < SPI_processed; row++)
-	{
-		bool		isnull;
-		int64		pending = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[row],
-														  SPI_tuptable->tupdesc,
-														  1, &isnull));
-
-		if (pending + adding[row] > ledger_max_pending_per_account)
-			ereport(ERROR,
-					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-					 errmsg("account " INT64_FORMAT " has too many events pending",
-							payers[row]),
-					 errdetail("At most %d events of one paying account may wait to be applied (ledger.max_pending_per_account).",
-							   ledger_max_pending_per_account),
-					 errhint("Retry once some are applied.")));
-	}
+	if (ledger_max_pending_per_account > 0 &&
+		pending + adding > ledger_max_pending_per_account)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("account " INT64_FORMAT " has too many events pending", payer),
+				 errdetail("At most %d events of one paying account may wait to be applied (ledger.max_pending_per_account).",
+						   ledger_max_pending_per_account),
+				 errhint("Retry once some are applied.")));
 }
 
 /* The sequence event ids are drawn from. */
@@ -485,10 +470,12 @@ claim_idempotency_keys(text **keys, int64 *ids, int n)
 
 /*
  * Append a movement to its bucket's queue and return its event id, or the id
- * of the earlier event that used the same idempotency key.
+ * of the earlier event that used the same idempotency key.  A new event of a
+ * payer with pending events, if counted (-1: not), passes the spam guard
+ * first.
  */
 static int64
-enqueue(Movement *m, int bucket)
+enqueue(Movement *m, int bucket, int64 pending)
 {
 	static SPIPlanPtr plan = NULL;
 	static SPIPlanPtr plan_1_1 = NULL;
@@ -502,11 +489,8 @@ enqueue(Movement *m, int bucket)
 	if (m->idempotency_key != NULL &&
 		!claim_idempotency_keys(&m->idempotency_key, &event_id, 1)[0])
 		return event_id;
-	{
-		int			one = 1;
-
-		check_pending(&m->account_id, &one, 1);
-	}
+	if (pending >= 0)
+		check_pending(m->account_id, pending, 1);
 
 	if (has_holds)
 		ledger_prepare_plan(&plan,
@@ -716,6 +700,8 @@ enqueue_external(FunctionCallInfo fcinfo, char kind)
 {
 	Movement	m = {0};
 	int64		event_id;
+	int64		pending;
+	int			bucket;
 
 	require_arg(fcinfo, 0, "account_id");
 	require_arg(fcinfo, 1, "amount");
@@ -728,7 +714,8 @@ enqueue_external(FunctionCallInfo fcinfo, char kind)
 	m.metadata = get_metadata(fcinfo, 3);
 
 	SPI_connect();
-	event_id = enqueue(&m, lookup_accounts(&m.account_id, 1));
+	bucket = lookup_accounts(&m.account_id, 1, &pending);
+	event_id = enqueue(&m, bucket, pending);
 	SPI_finish();
 	PG_RETURN_INT64(event_id);
 }
@@ -754,6 +741,8 @@ ledger_transfer(PG_FUNCTION_ARGS)
 	Movement	m = {0};
 	int64		ids[2];
 	int64		event_id;
+	int64		pending;
+	int			bucket;
 
 	require_arg(fcinfo, 0, "from_account");
 	require_arg(fcinfo, 1, "to_account");
@@ -769,7 +758,8 @@ ledger_transfer(PG_FUNCTION_ARGS)
 	ids[0] = m.account_id;
 	ids[1] = m.to_account;
 	SPI_connect();
-	event_id = enqueue(&m, lookup_accounts(ids, 2));
+	bucket = lookup_accounts(ids, 2, &pending);
+	event_id = enqueue(&m, bucket, pending);
 	SPI_finish();
 	PG_RETURN_INT64(event_id);
 }
@@ -791,6 +781,8 @@ ledger_disburse(PG_FUNCTION_ARGS)
 	int			namounts;
 	int			i;
 	int64		event_id;
+	int64		pending;
+	int			bucket;
 
 	require_arg(fcinfo, 0, "from_account");
 	require_arg(fcinfo, 1, "to_accounts");
@@ -857,7 +849,8 @@ ledger_disburse(PG_FUNCTION_ARGS)
 	memcpy(ids + 1, payees, sizeof(int64) * npayees);
 
 	SPI_connect();
-	event_id = enqueue(&m, lookup_accounts(ids, npayees + 1));
+	bucket = lookup_accounts(ids, npayees + 1, &pending);
+	event_id = enqueue(&m, bucket, pending);
 	SPI_finish();
 	PG_RETURN_INT64(event_id);
 }
@@ -873,6 +866,8 @@ ledger_hold(PG_FUNCTION_ARGS)
 	Movement	m = {0};
 	int64		ids[2];
 	int64		event_id;
+	int64		pending;
+	int			bucket;
 
 	require_arg(fcinfo, 0, "from_account");
 	require_arg(fcinfo, 1, "to_account");
@@ -901,7 +896,8 @@ ledger_hold(PG_FUNCTION_ARGS)
 	ids[0] = m.account_id;
 	ids[1] = m.to_account;
 	SPI_connect();
-	event_id = enqueue(&m, lookup_accounts(ids, 2));
+	bucket = lookup_accounts(ids, 2, &pending);
+	event_id = enqueue(&m, bucket, pending);
 	SPI_finish();
 	PG_RETURN_INT64(event_id);
 }
@@ -969,7 +965,7 @@ ledger_post(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	bucket = find_hold(PG_GETARG_INT64(0), &m);
-	event_id = enqueue(&m, bucket);
+	event_id = enqueue(&m, bucket, -1);
 	SPI_finish();
 	PG_RETURN_INT64(event_id);
 }
@@ -990,7 +986,7 @@ ledger_void(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	bucket = find_hold(PG_GETARG_INT64(0), &m);
-	event_id = enqueue(&m, bucket);
+	event_id = enqueue(&m, bucket, -1);
 	SPI_finish();
 	PG_RETURN_INT64(event_id);
 }
@@ -1018,6 +1014,7 @@ ledger_set_limits(PG_FUNCTION_ARGS)
 	Datum		values[4];
 	char		nulls[4];
 	int64		account_id;
+	int64		pending;
 	int			i;
 
 	require_arg(fcinfo, 0, "account_id");
@@ -1028,7 +1025,7 @@ ledger_set_limits(PG_FUNCTION_ARGS)
 	check_limit(fcinfo, 3, "daily_debit_limit");
 
 	SPI_connect();
-	(void) lookup_accounts(&account_id, 1);
+	(void) lookup_accounts(&account_id, 1, &pending);
 	ledger_prepare_plan(&plan,
 						"INSERT INTO ledger.limits (account_id, overdraft_limit,"
 						" max_amount, daily_debit_limit, set_at)"
@@ -1225,7 +1222,9 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 		int			dims[1] = {nqueued};
 		int			lbs[1] = {1};
 
-		check_pending(payers, adding, npayers);
+		for (i = 0; i < npayers; i++)
+			check_pending(payers[i], info->pending[account_index(info, payers[i])],
+						  adding[i]);
 		args[0] = PointerGetDatum(construct_array(columns[0], nqueued, INT4OID, 4,
 												  true, TYPALIGN_INT));
 		for (i = 1; i < 5; i++)

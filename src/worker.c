@@ -136,10 +136,11 @@ apply_pass(void)
 			pgstat_report_activity(STATE_IDLE, "waiting for CREATE EXTENSION ledger");
 			return false;
 		}
-		if (counts.read > 0)
+		if (counts.read > 0 || counts.expired > 0)
 		{
-			ledger_announce_batch();
+			/* counted first, so that whoever the announcement wakes sees it */
 			report_batch(i, &counts, start);
+			ledger_announce_batch();
 		}
 		if (counts.read >= ledger_batch_size)
 			more = true;
