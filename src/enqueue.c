@@ -1077,6 +1077,7 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 	bool	   *metadata_nulls = NULL;
 	bool	   *queued_nulls;
 	int64	   *ids;
+	int64	   *involved;
 	int64	   *payers;
 	int		   *adding;
 	int			npayers;
@@ -1163,12 +1164,12 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 	}
 	element = 0;
 
-	/* every account involved, once and sorted, and its bucket */
-	payers = palloc(sizeof(int64) * 2 * n);
-	memcpy(payers, from, sizeof(int64) * n);
-	memcpy(payers + n, to, sizeof(int64) * n);
+	/* every account involved, its bucket, currency and pending events */
+	involved = palloc(sizeof(int64) * 2 * n);
+	memcpy(involved, from, sizeof(int64) * n);
+	memcpy(involved + n, to, sizeof(int64) * n);
 	SPI_connect();
-	info = lookup_account_set(payers, 2 * n);
+	info = lookup_account_set(involved, 2 * n);
 
 	/* ids in call order, so that the transfers apply in that order */
 	seq = event_id_seq();
