@@ -3,7 +3,9 @@
 
 set -euo pipefail
 
-PGBIN=/usr/lib/postgresql/15/bin
+# LEDGER_PGBIN runs the scripts on another copy of PostgreSQL's binaries,
+# e.g. one with a build of the extension installed by DESTDIR.
+PGBIN=${LEDGER_PGBIN:-/usr/lib/postgresql/15/bin}
 export PATH="$PGBIN:$PATH"
 TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PGUSER_OS=postgres
