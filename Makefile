@@ -1,8 +1,9 @@
 # ledger: PGXS build
 MODULE_big = ledger
 OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
-EXTENSION = ledger
-DATA = ledger--1.0.sql ledger--1.0--1.1.sql ledger--1.1--1.2.sql
+EXTENSION = ledger ledger_proxy
+DATA = ledger--1.0.sql ledger--1.0--1.1.sql ledger--1.1--1.2.sql \
+	ledger--1.2--1.3.sql ledger_proxy--1.0.sql
 PG_CPPFLAGS = -Iinclude
 PG_CFLAGS = -Werror -Wall -Wmissing-prototypes
 
@@ -17,7 +18,7 @@ REGRESS_OPTS = --inputdir=test --outputdir=test \
 	--temp-config=test/ledger.conf --temp-instance=test/tmp_check
 
 ISOLATION = idempotency_race out_of_order_commit rollback_enqueue \
-	drain_one_account consistent_reads
+	drain_one_account consistent_reads hold_races_debits post_races_expiry
 ISOLATION_OPTS = --inputdir=test --outputdir=output_iso \
 	--temp-config=test/ledger.conf --temp-instance=test/tmp_check_iso
 
@@ -40,7 +41,7 @@ installcheck-tap:
 	$(prove_installcheck)
 
 # A Debian package of the extension: make deb, then dpkg -i the file it names.
-DEB_VERSION = 1.2-1
+DEB_VERSION = 1.3-1
 DEB_ARCH = $(shell dpkg --print-architecture)
 DEB_FILE = postgresql-15-ledger_$(DEB_VERSION)_$(DEB_ARCH).deb
 .PHONY: deb
@@ -54,7 +55,7 @@ deb: all
 		'Version: $(DEB_VERSION)' \
 		'Architecture: $(DEB_ARCH)' \
 		'Maintainer: The ledger developers <ledger@localhost>' \
-		'Depends: postgresql-15' \
+		'Depends: postgresql-15, postgresql-15-plproxy' \
 		'Section: database' \
 		'Priority: optional' \
 		'Description: high-throughput money ledger for PostgreSQL 15' \

@@ -16,6 +16,8 @@
 
 #include "utils/timestamp.h"
 
+#include "ledger.h"
+
 /* No limit of this kind (limits are never negative). */
 #define LEDGER_NO_LIMIT		(-1)
 
@@ -41,6 +43,9 @@ typedef struct AccountState
 	int64		max_amount;
 	int64		daily_debit_limit;
 	DebitWindow *window;		/* when there is a daily debit limit */
+	/* an account of another node of a cluster: not owned, bucket -1 */
+	int32		node;			/* or 0: this node's */
+	char		currency_code[LEDGER_MAX_CURRENCY_LENGTH + 1];
 } AccountState;
 
 /* An applied hold this worker knows of. */
@@ -61,7 +66,8 @@ typedef struct HoldState
 extern void ledger_accounts_reset(void);
 extern AccountState *ledger_find_account(int64 account_id);
 extern void ledger_load_accounts(int64 *ids, int nids, int worker,
-								 bool schema_1_2, TimestampTz now);
+								 bool schema_1_2, bool in_cluster,
+								 TimestampTz now);
 extern bool ledger_can_debit(AccountState *acct, int64 amount, TimestampTz now,
 							 const char **reason);
 extern bool ledger_can_credit(AccountState *acct, int64 amount,

@@ -65,6 +65,7 @@ extern int	ledger_breakpoint_interval;
 extern bool ledger_log_batches;
 extern char *ledger_default_currency;
 extern int	ledger_max_pending_per_account;
+extern int	ledger_node_id;
 
 /*
  * State shared between the workers and the backends (ledger.c).  The latch
@@ -133,6 +134,7 @@ extern LedgerSharedState *ledger_shared;
 /* ledger.c */
 extern int	ledger_worker_of_bucket(int bucket);
 extern bool ledger_schema_has_holds(void);
+extern bool ledger_in_cluster(void);
 extern bool ledger_valid_currency_code(const char *code);
 extern SPIPlanPtr ledger_prepare_plan(SPIPlanPtr *plan, const char *sql,
 									  int nargs, Oid *argtypes);

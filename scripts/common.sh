@@ -27,7 +27,7 @@ need_packages() {
 
 build_dependencies() {
 	need_packages postgresql-15 postgresql-client-15 postgresql-server-dev-15 \
-		build-essential libipc-run-perl
+		postgresql-15-plproxy build-essential libipc-run-perl
 }
 
 # Build and install the extension into the server's directories.

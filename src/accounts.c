@@ -48,6 +48,7 @@ static MemoryContext cache_context = NULL;
 static SPIPlanPtr load_plan = NULL;
 static SPIPlanPtr load_plan_1_1 = NULL;
 static SPIPlanPtr window_plan = NULL;
+static SPIPlanPtr directory_plan = NULL;
 
 static void
 free_plan(SPIPlanPtr *plan)
@@ -68,6 +69,7 @@ ledger_accounts_reset(void)
 	free_plan(&load_plan);
 	free_plan(&load_plan_1_1);
 	free_plan(&window_plan);
+	free_plan(&directory_plan);
 }
 
 static void
@@ -195,9 +197,50 @@ int64_or(HeapTuple row, TupleDesc desc, int column, int64 otherwise)
  * yet.  An id that is no account is left out: the events naming it are
  * rejected.  Called inside SPI.
  */
+/*
+ * In a cluster, the accounts of other nodes that the batch pays: from the
+ * directory, as accounts this worker does not own, on their node.
+ */
+static void
+load_remote_accounts(Datum *wanted, int nwanted)
+{
+	Oid			argtypes[2] = {INT8ARRAYOID, INT4OID};
+	Datum		args[2];
+	uint64		i;
+
+	ledger_prepare_plan(&directory_plan,
+						"SELECT d.account_id, d.node_id, d.currency FROM ledger.directory d"
+						" WHERE d.account_id = ANY ($1) AND d.node_id <> $2",
+						2, argtypes);
+	args[0] = PointerGetDatum(construct_array(wanted, nwanted, INT8OID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[1] = Int32GetDatum(ledger_node_id);
+	if (SPI_execute_plan(directory_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the directory of accounts");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		int64		id = int64_or(row, desc, 1, 0);
+		AccountState *acct;
+		bool		isnull;
+
+		acct = hash_search(account_cache, &id, HASH_ENTER, NULL);
+		memset((char *) acct + sizeof(int64), 0, sizeof(AccountState) - sizeof(int64));
+		acct->bucket = -1;
+		acct->owned = false;
+		acct->overdraft_limit = LEDGER_NO_LIMIT;
+		acct->max_amount = LEDGER_NO_LIMIT;
+		acct->daily_debit_limit = LEDGER_NO_LIMIT;
+		acct->node = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
+		strlcpy(acct->currency_code, SPI_getvalue(row, desc, 3),
+				sizeof(acct->currency_code));
+	}
+}
+
 void
 ledger_load_accounts(int64 *ids, int nids, int worker, bool schema_1_2,
-					 TimestampTz now)
+					 bool in_cluster, TimestampTz now)
 {
 	Oid			argtype = INT8ARRAYOID;
 	Datum	   *wanted = palloc(sizeof(Datum) * Max(nids, 1));
@@ -295,6 +338,8 @@ ledger_load_accounts(int64 *ids, int nids, int worker, bool schema_1_2,
 		acct->daily_debit_limit = LEDGER_NO_LIMIT;
 		acct->held = 0;
 		acct->window = NULL;
+		acct->node = 0;
+		acct->currency_code[0] = '\0';
 		if (schema_1_2)
 		{
 			acct->currency = DatumGetInt32(SPI_getbinval(row, desc, 8, &isnull));
@@ -313,6 +358,17 @@ ledger_load_accounts(int64 *ids, int nids, int worker, bool schema_1_2,
 		if (acct && acct->owned && acct->daily_debit_limit != LEDGER_NO_LIMIT &&
 			acct->window == NULL)
 			acct->window = load_window(acct, now);
+	}
+
+	if (in_cluster)
+	{
+		int			nmissing = 0;
+
+		for (j = 0; j < nwanted; j++)
+			if (ledger_find_account(DatumGetInt64(wanted[j])) == NULL)
+				wanted[nmissing++] = wanted[j];
+		if (nmissing > 0)
+			load_remote_accounts(wanted, nmissing);
 	}
 }
 

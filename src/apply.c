@@ -110,6 +110,17 @@ static const char *const hold_ends_columns[] = {
 	"hold_id", "account_id", "status", "event_id", "amount", "ended_at"
 };
 
+enum
+{
+	TRANSIT_SOURCE_NODE, TRANSIT_ID, TRANSIT_TARGET_NODE, TRANSIT_EVENT_ID,
+	TRANSIT_PAYER, TRANSIT_CURRENCY, TRANSIT_TO_ACCOUNTS, TRANSIT_AMOUNTS,
+	TRANSIT_AMOUNT, TRANSIT_CREATED_AT, TRANSIT_NATTS
+};
+static const char *const transit_columns[] = {
+	"source_node", "id", "target_node", "event_id", "payer", "currency",
+	"to_accounts", "amounts", "amount", "created_at"
+};
+
 /* A queued event, as read from ledger.queue. */
 typedef struct QueuedEvent
 {
@@ -137,6 +148,7 @@ typedef struct BatchOutput
 	BulkInsert *credits;
 	BulkInsert *breakpoints;
 	BulkInsert *hold_ends;		/* NULL before 1.2 */
+	BulkInsert *transit;		/* NULL but in a cluster */
 	ItemPointerData *done;		/* queue entries to delete */
 	int			ndone;
 	TimestampTz now;
@@ -144,6 +156,7 @@ typedef struct BatchOutput
 
 static Oid	ledger_extension_oid = InvalidOid;
 static bool schema_1_2 = false;
+static bool cluster_mode = false;	/* a node of a cluster (1.3) */
 static uint64 seen_limits_generation = 0;
 static Oid	transaction_seq_oid = InvalidOid;
 static Oid	event_seq_oid = InvalidOid;
@@ -152,6 +165,7 @@ static Oid	events_oid = InvalidOid;
 static Oid	transactions_oid = InvalidOid;
 static Oid	breakpoints_oid = InvalidOid;
 static Oid	hold_ends_oid = InvalidOid;
+static Oid	transit_oid = InvalidOid;
 static int	my_worker = -1;
 
 /* The buckets this worker serves: its own, and any left from a larger setting. */
@@ -285,9 +299,11 @@ ledger_apply_ready(int worker, uint64 limits_generation, int *nbuckets)
 {
 	Oid			extension_oid = get_extension_oid("ledger", true);
 	bool		is_1_2 = OidIsValid(extension_oid) && ledger_schema_has_holds();
+	bool		in_cluster = is_1_2 && ledger_in_cluster();
 
 	my_worker = worker;
-	if (extension_oid != ledger_extension_oid || is_1_2 != schema_1_2)
+	if (extension_oid != ledger_extension_oid || is_1_2 != schema_1_2 ||
+		in_cluster != cluster_mode)
 		ledger_apply_reset();
 	if (!OidIsValid(extension_oid))
 		return false;
@@ -295,6 +311,7 @@ ledger_apply_ready(int worker, uint64 limits_generation, int *nbuckets)
 	if (!OidIsValid(ledger_extension_oid))
 	{
 		schema_1_2 = is_1_2;
+		cluster_mode = in_cluster;
 		transaction_seq_oid = ledger_relation("transaction_id_seq", NULL, 0);
 		event_seq_oid = ledger_relation("event_id_seq", NULL, 0);
 		queue_oid = ledger_relation("queue", queue_columns,
@@ -307,6 +324,9 @@ ledger_apply_ready(int worker, uint64 limits_generation, int *nbuckets)
 										  BREAKPOINTS_NATTS);
 		hold_ends_oid = schema_1_2 ?
 			ledger_relation("hold_ends", hold_ends_columns, HOLD_ENDS_NATTS) :
+			InvalidOid;
+		transit_oid = cluster_mode ?
+			ledger_relation("transit", transit_columns, TRANSIT_NATTS) :
 			InvalidOid;
 		setup_buckets();
 		if (schema_1_2)
@@ -464,7 +484,7 @@ load_accounts(QueuedEvent *events, int nevents, TimestampTz now)
 		for (p = 0; p < events[e].npayees; p++)
 			ids[nids++] = events[e].payees[p];
 	}
-	ledger_load_accounts(ids, nids, my_worker, schema_1_2, now);
+	ledger_load_accounts(ids, nids, my_worker, schema_1_2, cluster_mode, now);
 
 	nids = 0;
 	for (e = 0; e < nevents; e++)
@@ -479,7 +499,7 @@ load_accounts(QueuedEvent *events, int nevents, TimestampTz now)
 	}
 	if (nids == 0)
 		return;
-	ledger_load_accounts(ids, nids, my_worker, schema_1_2, now);
+	ledger_load_accounts(ids, nids, my_worker, schema_1_2, cluster_mode, now);
 
 	/*
 	 * Registering a currency opens its external accounts in the buckets of
@@ -493,7 +513,7 @@ load_accounts(QueuedEvent *events, int nevents, TimestampTz now)
 
 			create_external_account((int) (n % LEDGER_MAX_BUCKETS),
 									(int) (n / LEDGER_MAX_BUCKETS));
-			ledger_load_accounts(&ids[e], 1, my_worker, schema_1_2, now);
+			ledger_load_accounts(&ids[e], 1, my_worker, schema_1_2, cluster_mode, now);
 		}
 	}
 }
@@ -600,8 +620,56 @@ record_outcome(BatchOutput *out, QueuedEvent *ev, const char *reason)
 }
 
 /*
+ * Send to another node of the cluster the credit legs of an event for the
+ * payees that node holds, as a row of ledger.transit that logical
+ * replication carries there.  done[] marks the payees already handled.
+ */
+static void
+send_credit(BatchOutput *out, QueuedEvent *ev, AccountState **payees,
+			int first, bool *done)
+{
+	int			node = payees[first]->node;
+	TupleTableSlot *slot = ledger_bulk_next_slot(out->transit);
+	Datum	   *v = slot->tts_values;
+	Datum	   *to = palloc(sizeof(Datum) * (ev->npayees - first));
+	Datum	   *amounts = palloc(sizeof(Datum) * (ev->npayees - first));
+	int64		total = 0;
+	int			n = 0;
+	int			p;
+
+	for (p = first; p < ev->npayees; p++)
+	{
+		if (done[p] || payees[p]->node != node)
+			continue;
+		to[n] = Int64GetDatum(ev->payees[p]);
+		amounts[n] = Int64GetDatum(ev->amounts[p]);
+		total += ev->amounts[p];	/* no overflow: checked at enqueue */
+		done[p] = true;
+		n++;
+	}
+
+	memset(slot->tts_isnull, false, sizeof(bool) * TRANSIT_NATTS);
+	v[TRANSIT_SOURCE_NODE] = Int32GetDatum(ledger_node_id);
+	v[TRANSIT_ID] = Int64GetDatum(nextval_internal(event_seq_oid, false));
+	v[TRANSIT_TARGET_NODE] = Int32GetDatum(node);
+	v[TRANSIT_EVENT_ID] = Int64GetDatum(ev->id);
+	v[TRANSIT_PAYER] = Int64GetDatum(ev->account_id);
+	v[TRANSIT_CURRENCY] = CStringGetTextDatum(payees[first]->currency_code);
+	v[TRANSIT_TO_ACCOUNTS] = PointerGetDatum(construct_array(to, n, INT8OID, 8,
+															 FLOAT8PASSBYVAL,
+															 TYPALIGN_DOUBLE));
+	v[TRANSIT_AMOUNTS] = PointerGetDatum(construct_array(amounts, n, INT8OID, 8,
+														 FLOAT8PASSBYVAL,
+														 TYPALIGN_DOUBLE));
+	v[TRANSIT_AMOUNT] = Int64GetDatum(total);
+	v[TRANSIT_CREATED_AT] = TimestampTzGetDatum(out->now);
+	ledger_bulk_add_row(out->transit, slot);
+}
+
+/*
  * Queue, in another bucket, the credit legs of an event for the payees that
- * bucket holds.  done[] marks the payees already handled.
+ * bucket holds, or send them to the node that holds them.  done[] marks the
+ * payees already handled.
  */
 static void
 queue_credit(BatchOutput *out, QueuedEvent *ev, AccountState **payees,
@@ -616,9 +684,14 @@ queue_credit(BatchOutput *out, QueuedEvent *ev, AccountState **payees,
 	int			n = 0;
 	int			p;
 
+	if (payees[first]->node != 0)
+	{
+		send_credit(out, ev, payees, first, done);
+		return;
+	}
 	for (p = first; p < ev->npayees; p++)
 	{
-		if (done[p] || payees[p]->bucket != bucket)
+		if (done[p] || payees[p]->node != 0 || payees[p]->bucket != bucket)
 			continue;
 		to[n] = Int64GetDatum(ev->payees[p]);
 		amounts[n] = Int64GetDatum(ev->amounts[p]);
@@ -978,6 +1051,7 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 	out.credits = ledger_bulk_begin(queue_oid);
 	out.breakpoints = ledger_bulk_begin(breakpoints_oid);
 	out.hold_ends = schema_1_2 ? ledger_bulk_begin(hold_ends_oid) : NULL;
+	out.transit = cluster_mode ? ledger_bulk_begin(transit_oid) : NULL;
 	out.done = palloc(sizeof(ItemPointerData) * Max(nevents, 1));
 	out.ndone = 0;
 
@@ -1034,6 +1108,8 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 	ledger_bulk_end(out.breakpoints);
 	if (out.hold_ends)
 		ledger_bulk_end(out.hold_ends);
+	if (out.transit)
+		ledger_bulk_end(out.transit);
 	ledger_holds_end_batch();
 
 	b->nheld = nheld;

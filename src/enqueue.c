@@ -195,7 +195,8 @@ bigint_array(int64 *values, int n)
 typedef struct AccountInfo
 {
 	int64	   *ids;			/* sorted and distinct */
-	int		   *buckets;		/* bucket of ids[i], or -1: no such account */
+	int		   *buckets;		/* bucket of ids[i]; -1: no such account,
+								 * -2: an account of another node */
 	int		   *currencies;		/* currency number of ids[i] */
 	int64	   *pending;		/* its pending events, counted up to the guard */
 	int			n;
@@ -212,14 +213,32 @@ lookup_buckets(AccountInfo *info)
 {
 	static SPIPlanPtr plan = NULL;
 	static SPIPlanPtr plan_1_1 = NULL;
+	static SPIPlanPtr plan_cluster = NULL;
 	bool		has_holds = ledger_schema_has_holds();
-	Oid			argtypes[2] = {INT8ARRAYOID, INT8OID};
-	Datum		args[2];
+	bool		in_cluster = has_holds && ledger_in_cluster();
+	SPIPlanPtr	chosen;
+	Oid			argtypes[3] = {INT8ARRAYOID, INT8OID, INT4OID};
+	Datum		args[3];
 	uint64		row;
 	int			i;
 
-	if (has_holds)
-		ledger_prepare_plan(&plan,
+	/* in a cluster, the accounts of other nodes are found in the directory */
+	if (in_cluster)
+		chosen = ledger_prepare_plan(&plan_cluster,
+									 "SELECT a.id, a.bucket, a.currency,"
+									 "       (SELECT count(*) FROM (SELECT FROM ledger.queue q"
+									 "                               WHERE q.account_id = a.id"
+									 "                               LIMIT $2) p)"
+									 "  FROM ledger.accounts a"
+									 " WHERE a.id = ANY ($1)"
+									 " UNION ALL"
+									 " SELECT d.account_id, -2, COALESCE(c.no, -1), 0"
+									 "   FROM ledger.directory d"
+									 "   LEFT JOIN ledger.currencies c ON c.code = d.currency"
+									 "  WHERE d.account_id = ANY ($1) AND d.node_id <> $3",
+									 3, argtypes);
+	else if (has_holds)
+		chosen = ledger_prepare_plan(&plan,
 							"SELECT a.id, a.bucket, a.currency,"
 							"       (SELECT count(*) FROM (SELECT FROM ledger.queue q"
 							"                               WHERE q.account_id = a.id"
@@ -228,13 +247,14 @@ lookup_buckets(AccountInfo *info)
 							" WHERE a.id = ANY ($1)",
 							2, argtypes);
 	else
-		ledger_prepare_plan(&plan_1_1,
-							"SELECT a.id, a.bucket, 0, 0::bigint FROM ledger.accounts a"
-							" WHERE a.id = ANY ($1)",
-							1, argtypes);
+		chosen = ledger_prepare_plan(&plan_1_1,
+									 "SELECT a.id, a.bucket, 0, 0::bigint FROM ledger.accounts a"
+									 " WHERE a.id = ANY ($1)",
+									 1, argtypes);
 	args[0] = bigint_array(info->ids, info->n);
 	args[1] = Int64GetDatum(ledger_max_pending_per_account);
-	if (SPI_execute_plan(has_holds ? plan : plan_1_1, args, NULL, false, 0) != SPI_OK_SELECT)
+	args[2] = Int32GetDatum(ledger_node_id);
+	if (SPI_execute_plan(chosen, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up accounts");
 
 	info->buckets = palloc(sizeof(int) * Max(info->n, 1));
@@ -264,7 +284,7 @@ account_index(AccountInfo *info, int64 account_id)
 	int64	   *found = bsearch(&account_id, info->ids, info->n, sizeof(int64),
 								cmp_int64);
 
-	if (found == NULL || info->buckets[found - info->ids] < 0)
+	if (found == NULL || info->buckets[found - info->ids] == -1)
 		ereport(ERROR,
 				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
 				 errmsg("account " INT64_FORMAT " does not exist", account_id),
@@ -272,11 +292,26 @@ account_index(AccountInfo *info, int64 account_id)
 	return found - info->ids;
 }
 
-/* The bucket of an existing account. */
+/* The bucket of an existing account; -2 for one of another node. */
 static int
 bucket_of(AccountInfo *info, int64 account_id)
 {
 	return info->buckets[account_index(info, account_id)];
+}
+
+/* The bucket of a paying account, which must be one of this node. */
+static int
+payer_bucket(AccountInfo *info, int64 account_id)
+{
+	int			bucket = bucket_of(info, account_id);
+
+	if (bucket < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("account " INT64_FORMAT " is an account of another node", account_id),
+				 errdetail("Money moves from an account on the node that holds it."),
+				 errhint("Call the node that holds it, or the cluster's proxy.")));
+	return bucket;
 }
 
 /*
@@ -335,7 +370,7 @@ lookup_accounts(int64 *ids, int n, int64 *pending)
 	for (i = 1; i < n; i++)
 		check_same_currency(info, ids[0], ids[i]);
 	*pending = info->pending[account_index(info, ids[0])];
-	return bucket_of(info, ids[0]);
+	return payer_bucket(info, ids[0]);
 }
 
 /*
@@ -599,6 +634,40 @@ currency_number(const char *code)
 }
 
 /*
+ * In a cluster, a node opens only the accounts of the buckets the node map
+ * gives it.  Called inside SPI.
+ */
+static void
+check_account_owner(int64 account_id)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtype = INT8OID;
+	Datum		arg = Int64GetDatum(account_id);
+	bool		isnull;
+	int			owner;
+
+	ledger_prepare_plan(&plan,
+						"SELECT b.node_id FROM ledger.cluster_buckets b"
+						" WHERE b.bucket = $1 % (SELECT count(*) FROM ledger.cluster_buckets)",
+						1, &argtype);
+	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the node map");
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the node map has no bucket for account " INT64_FORMAT, account_id),
+				 errhint("Fill ledger.cluster_buckets as on the other nodes.")));
+	owner = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										1, &isnull));
+	if (owner != ledger_node_id)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("account " INT64_FORMAT " belongs to node %d, not to this node (%d)",
+						account_id, owner, ledger_node_id),
+				 errhint("Open it through the cluster's proxy.")));
+}
+
+/*
  * ledger_open_account(account_id, allow_negative, currency) - open an account
  * in bucket (account_id mod ledger.buckets).  Opening it again the same way
  * does nothing; its flag and currency cannot change.
@@ -630,6 +699,8 @@ ledger_open_account(PG_FUNCTION_ARGS)
 			text_to_cstring(PG_GETARG_TEXT_PP(2));
 
 	SPI_connect();
+	if (has_currencies && ledger_in_cluster())
+		check_account_owner(account_id);
 	if (has_currencies)
 		currency_no = currency_number(currency ? currency : ledger_default_currency);
 
@@ -1190,7 +1261,7 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 		int			bucket;
 
 		element = i + 1;
-		bucket = bucket_of(info, from[i]);
+		bucket = payer_bucket(info, from[i]);
 		(void) bucket_of(info, to[i]);
 		check_same_currency(info, from[i], to[i]);
 		if (!is_new[i])

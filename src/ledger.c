@@ -39,6 +39,7 @@ int			ledger_breakpoint_interval = 1000;
 bool		ledger_log_batches = false;
 char	   *ledger_default_currency = NULL;
 int			ledger_max_pending_per_account = 1000;
+int			ledger_node_id = 0;
 
 LedgerSharedState *ledger_shared = NULL;
 
@@ -141,6 +142,15 @@ define_settings(void)
 							&ledger_max_pending_per_account,
 							1000, 0, INT_MAX,
 							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("ledger.node_id",
+							"This server's node number in a cluster of ledgers; 0 if none.",
+							"Event ids are tagged with it; see ledger_cluster_init().",
+							&ledger_node_id,
+							0, 0, 1023,
+							PGC_POSTMASTER,
 							0,
 							NULL, NULL, NULL);
 
@@ -263,6 +273,21 @@ ledger_schema_has_holds(void)
 		return false;
 	relid = get_relname_relid("hold_ends", nsp);
 	return OidIsValid(relid);
+}
+
+/*
+ * Is this server a node of a cluster of ledgers: ledger.node_id set, and
+ * the schema 1.3 or later?
+ */
+bool
+ledger_in_cluster(void)
+{
+	Oid			nsp;
+
+	if (ledger_node_id == 0)
+		return false;
+	nsp = get_namespace_oid("ledger", true);
+	return OidIsValid(nsp) && OidIsValid(get_relname_relid("transit", nsp));
 }
 
 /*

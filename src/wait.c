@@ -18,6 +18,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "catalog/pg_type.h"
 #include "utils/timestamp.h"
@@ -116,6 +117,28 @@ ledger_wake_worker(int worker)
 	/* a latch belongs to a PGPROC and stays valid memory: setting it is safe */
 	if (latch)
 		SetLatch(latch);
+}
+
+/*
+ * ledger_wake_buckets(buckets[]) - wake the workers of these buckets when the
+ * current transaction commits: for credits queued by SQL, as those that
+ * arrive from other nodes.
+ */
+PG_FUNCTION_INFO_V1(ledger_wake_buckets);
+Datum
+ledger_wake_buckets(PG_FUNCTION_ARGS)
+{
+	ArrayType  *array = PG_GETARG_ARRAYTYPE_P(0);
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			i;
+
+	deconstruct_array(array, INT4OID, 4, true, TYPALIGN_INT, &elems, &nulls, &n);
+	for (i = 0; i < n; i++)
+		if (!nulls[i] && DatumGetInt32(elems[i]) >= 0)
+			ledger_wake_at_commit(DatumGetInt32(elems[i]));
+	PG_RETURN_VOID();
 }
 
 /* Called by a worker after committing a batch. */

@@ -54,5 +54,16 @@ SELECT ledger_balance(8001), ledger_available(8001), ledger_balance(8004), ledge
 SELECT event_id = :p AS found FROM ledger_find_events('{"upgrade": true}');
 SELECT * FROM ledger_verify();
 
+-- 1.2 -> 1.3: a ledger on its own stays one (ledger.node_id is 0 here)
+ALTER EXTENSION ledger UPDATE TO '1.3';
+SELECT extversion FROM pg_extension WHERE extname = 'ledger';
+SELECT ledger_wait(ledger_transfer(8004, 8001, 3), 0) AS own_transaction;
+SELECT ledger_transfer(8004, 8001, 3) AS t \gset
+SELECT ledger_wait(:t, 30000);
+SELECT * FROM ledger_node_totals();
+SELECT * FROM ledger_verify();
+SELECT count(*) AS directory FROM ledger.directory;
+SELECT ledger_cluster_init();
+
 -- leave the database to the next test without the extension
 DROP EXTENSION ledger;
