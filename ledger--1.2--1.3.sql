@@ -63,6 +63,18 @@ CREATE TABLE ledger.transit (
 );
 CREATE INDEX ON ledger.transit (event_id);
 
+/*
+ * Confirmations received for credits sent.  A confirmation can arrive
+ * before its credit's row is visible here (the row's transaction is durable,
+ * and so replicated, a moment before it is visible), so confirmations are
+ * kept until their rows can be moved to ledger.transit_acked.
+ */
+CREATE TABLE ledger.transit_acks (
+	source_node		integer NOT NULL,
+	id				bigint NOT NULL,
+	PRIMARY KEY (source_node, id)
+);
+
 /* Credits sent that the payee's node confirmed it received. */
 CREATE TABLE ledger.transit_acked (
 	LIKE ledger.transit,
@@ -76,6 +88,7 @@ SELECT pg_catalog.pg_extension_config_dump('ledger.cluster_buckets', '');
 SELECT pg_catalog.pg_extension_config_dump('ledger.directory', '');
 SELECT pg_catalog.pg_extension_config_dump('ledger.transit', '');
 SELECT pg_catalog.pg_extension_config_dump('ledger.transit_acked', '');
+SELECT pg_catalog.pg_extension_config_dump('ledger.transit_acks', '');
 
 CREATE TRIGGER immutable BEFORE UPDATE OR DELETE ON ledger.transit_acked
 	FOR EACH ROW EXECUTE FUNCTION ledger.refuse_change();
@@ -162,13 +175,34 @@ BEGIN
 	END IF;
 
 	IF NEW.source_node = me THEN
-		INSERT INTO ledger.transit_acked
-			SELECT t.*, pg_catalog.now() FROM ledger.transit t
-			 WHERE t.source_node = NEW.source_node AND t.id = NEW.id;
-		DELETE FROM ledger.transit t WHERE t.source_node = NEW.source_node AND t.id = NEW.id;
+		INSERT INTO ledger.transit_acks VALUES (NEW.source_node, NEW.id)
+			ON CONFLICT DO NOTHING;
+		PERFORM ledger.move_acked();
 	END IF;
 	RETURN NULL;
 END
+$$;
+
+/* Move the credits sent whose confirmation arrived to transit_acked. */
+CREATE FUNCTION ledger.move_acked() RETURNS bigint
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS
+$$
+	WITH moved AS (
+		DELETE FROM ledger.transit t USING ledger.transit_acks a
+		 WHERE t.source_node = a.source_node AND t.id = a.id
+		RETURNING t.*
+	), kept AS (
+		INSERT INTO ledger.transit_acked
+		SELECT m.source_node, m.id, m.target_node, m.event_id, m.payer, m.currency,
+			   m.to_accounts, m.amounts, m.amount, m.created_at, pg_catalog.now()
+		  FROM moved m
+		RETURNING source_node, id
+	), done AS (
+		DELETE FROM ledger.transit_acks a USING kept k
+		 WHERE a.source_node = k.source_node AND a.id = k.id
+		RETURNING 1
+	)
+	SELECT count(*) FROM done
 $$;
 CREATE TRIGGER arrived BEFORE INSERT ON ledger.transit
 	FOR EACH ROW EXECUTE FUNCTION ledger.transit_arrived();
