@@ -7,9 +7,9 @@
 \echo Use "ALTER EXTENSION ledger UPDATE TO '1.2'" to load this file. \quit
 
 /*
- * Currencies.  Each gets a number when its first account is opened; number
- * 0 is the currency of every account opened before 1.2, the value of
- * ledger.default_currency when the extension was updated ('XXX', "no
+ * Currencies.  Each gets a number when its first account is opened.  In a
+ * ledger updated from 1.1 number 0 is the currency of every account opened
+ * before, named after ledger.default_currency at the update ('XXX', "no
  * currency", if it was not set).  The external account of bucket b for the
  * currency numbered n is account -1 - b - 64 * n, so the external accounts
  * that existed before 1.2 keep their ids.
@@ -18,9 +18,13 @@ CREATE TABLE ledger.currencies (
 	no				integer PRIMARY KEY CHECK (no >= 0),
 	code			text NOT NULL UNIQUE
 );
+-- only a ledger with accounts has a currency 0 yet: in a new one (or one
+-- being restored, whose ledger.currencies comes from the dump) the first
+-- account's currency is numbered 0
 INSERT INTO ledger.currencies
-	VALUES (0, COALESCE(NULLIF(pg_catalog.current_setting('ledger.default_currency', true), ''),
-						'XXX'));
+	SELECT 0, COALESCE(NULLIF(pg_catalog.current_setting('ledger.default_currency', true), ''),
+					   'XXX')
+	 WHERE EXISTS (SELECT FROM ledger.accounts);
 ALTER TABLE ledger.accounts
 	ADD COLUMN currency integer NOT NULL DEFAULT 0 REFERENCES ledger.currencies (no);
 ALTER TABLE ledger.accounts ALTER COLUMN currency DROP DEFAULT;
