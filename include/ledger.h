@@ -163,8 +163,8 @@ extern void ledger_bulk_delete(Oid relid, ItemPointerData *tids, int ntids);
 extern void ledger_bulk_reset(void);
 
 /* apply.c */
-extern bool ledger_apply_ready(int worker, uint64 limits_generation,
-							   int *nbuckets);
+extern bool ledger_apply_ready(int worker, uint64 limits_before,
+							   uint64 limits_after, int *nbuckets);
 extern void ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts);
 extern void ledger_apply_reset(void);
 

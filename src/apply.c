@@ -289,13 +289,21 @@ setup_buckets(void)
 /*
  * Is the extension installed in this database?  If so, return how many
  * buckets this worker serves.  Resets everything cached when the extension
- * is not the installation, or the schema version, seen last; forgets the
- * accounts when limits changed since the last batch (limits_generation,
- * read before the batch's snapshot was taken).  Called inside SPI, in a
- * transaction.
+ * is not the installation, or the schema version, seen last.
+ *
+ * Forgets the accounts, and so their limits, when limits may have changed:
+ * when the count of announcements read after the batch's snapshot was taken
+ * (limits_after) differs from the count read before the last batch's.  A
+ * transaction that sets limits announces before its commit is visible and
+ * after (wait.c): if this snapshot sees it, limits_after counts the first
+ * announcement; if not, the second comes after limits_before, and a later
+ * batch, whose snapshot sees it, reloads.
+ *
+ * Called inside SPI, in a transaction.
  */
 bool
-ledger_apply_ready(int worker, uint64 limits_generation, int *nbuckets)
+ledger_apply_ready(int worker, uint64 limits_before, uint64 limits_after,
+				   int *nbuckets)
 {
 	Oid			extension_oid = get_extension_oid("ledger", true);
 	bool		is_1_2 = OidIsValid(extension_oid) && ledger_schema_has_holds();
@@ -331,13 +339,13 @@ ledger_apply_ready(int worker, uint64 limits_generation, int *nbuckets)
 		setup_buckets();
 		if (schema_1_2)
 			ledger_holds_load(my_worker);
-		seen_limits_generation = limits_generation;
+		seen_limits_generation = limits_before;
 		ledger_extension_oid = extension_oid;
 	}
-	else if (limits_generation != seen_limits_generation)
+	else if (limits_after != seen_limits_generation)
 	{
 		ledger_accounts_reset();
-		seen_limits_generation = limits_generation;
+		seen_limits_generation = limits_before;
 	}
 	*nbuckets = nserved_buckets;
 	return true;

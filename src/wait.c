@@ -77,6 +77,26 @@ wake_on_commit(XactEvent event, void *arg)
 {
 	switch (event)
 	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PARALLEL_PRE_COMMIT:
+
+			/*
+			 * Limits are announced twice: before the commit is visible and
+			 * after.  A worker reads the count before taking its snapshot
+			 * and after (apply.c): a snapshot that sees the new limits sees
+			 * the first announcement, and one that does not is followed by a
+			 * batch that sees the second.
+			 */
+			if (limits_changed)
+				pg_atomic_fetch_add_u64(&ledger_shared->limits_generation, 1);
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			if (limits_changed)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that has set ledger limits"),
+						 errdetail("The workers would not learn of the limits when the prepared transaction commits.")));
+			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
 			{

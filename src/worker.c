@@ -105,17 +105,19 @@ apply_pass(void)
 		LedgerBatchCounts counts = {0};
 		instr_time	start;
 		bool		ready;
-		uint64		limits_generation;
+		uint64		limits_before;
+		uint64		limits_after;
 
-		/* before the snapshot: limits changed later are seen next time */
-		limits_generation = pg_atomic_read_u64(&ledger_shared->limits_generation);
+		/* around the snapshot: see ledger_apply_ready() */
+		limits_before = pg_atomic_read_u64(&ledger_shared->limits_generation);
 		INSTR_TIME_SET_CURRENT(start);
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		SPI_connect();
 		PushActiveSnapshot(GetTransactionSnapshot());
+		limits_after = pg_atomic_read_u64(&ledger_shared->limits_generation);
 
-		ready = ledger_apply_ready(my_worker, limits_generation, &nbuckets);
+		ready = ledger_apply_ready(my_worker, limits_before, limits_after, &nbuckets);
 		if (ready && i < nbuckets)
 		{
 			snprintf(activity, sizeof(activity),

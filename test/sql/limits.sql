@@ -73,6 +73,11 @@ SELECT ledger_set_limits(9201, max_amount => -5);
 SELECT ledger_set_limits(9999, max_amount => 5);
 SELECT ledger_set_limits(NULL);
 SELECT count(*) AS limit_rows FROM ledger.limits WHERE account_id BETWEEN 9201 AND 9203;
+-- a prepared transaction's commit would not reach the workers: refused
+BEGIN;
+SELECT ledger_set_limits(9201, max_amount => 1);
+PREPARE TRANSACTION 'ledger_limits';
+SELECT count(*) AS limit_rows FROM ledger.limits WHERE account_id BETWEEN 9201 AND 9203;
 
 -- the spam guard: at most ledger.max_pending_per_account pending events
 -- per payer; with the worker paused they pile up

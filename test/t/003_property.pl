@@ -43,6 +43,28 @@
 # are withdrawn, or come from accounts that cannot afford them: then no
 # credit crossing buckets can overflow its payee and be held back, and the
 # queue always drains.
+#
+# Holds and limits live in a group of accounts of their own currency, EUR
+# (the rest are in the default one): eight "spenders", four in each bucket,
+# with account limits (max_amount, overdraft_limit, daily_debit_limit, and
+# the two flags), and two "sinks", one in each bucket, that only receive.
+# The sessions' calls deposit to, withdraw from, transfer and disburse
+# between them, and hold, post (all of a hold, part of it, more than it),
+# void and post again, also holds rejected and ids that are no hold; some
+# calls cross currencies.  Holds have no timeout or one of an hour: none
+# expires (expiry is timing's, and the isolation test post_races_expiry
+# has it).  Meanwhile an operator session changes the spenders' limits a
+# few times.  A spender pays only spenders of its own bucket and the
+# sinks, and a sink never pays: so every leg of a spender is posted by its
+# bucket's worker while deciding an event of that bucket, and the order in
+# which that worker decided is known: by batch (applied_at), then by id.
+# The model replays each bucket's EUR events in that order and predicts
+# each one's outcome exactly (applied, or rejected and why, and the amount
+# a post moved), the final balances, the open holds and ledger_available()
+# of every EUR account, every hold's status and how it ended.  The one
+# thing it cannot know is which limits a batch used when it ran while a
+# change of them was committing; there it accepts the outcome under the old
+# limits or the new, and only there.
 use strict;
 use warnings;
 
@@ -70,6 +92,30 @@ my %shared_flag = (
 	1000 => 1, 1002 => 1, 1004 => 0, 1006 => 0);
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 
+# The EUR group.  An account's bucket is its id mod 2.
+my @spenders = (2000 .. 2007);
+my @sinks    = (2100, 2101);
+my %euro_flag = ((map { $_ => 0 } @spenders, @sinks), 2006 => 1, 2007 => 1);
+my $euro_opening = 40000;    # each spender's first deposit
+# The limits the spenders start with: [overdraft_limit, max_amount,
+# daily_debit_limit], undef for none.  2005 may overdraw by 0: it is
+# refused for overdraft_limit where it would be for insufficient_funds;
+# 2007, which may go negative, is held to its overdraft limit.  2004 and
+# 2005 get small deposits only, and run short of money.
+my %initial_limits = (
+	2000 => [ undef, 8000,  undef ],
+	2001 => [ 15000, undef, undef ],
+	2002 => [ undef, undef, 60000 ],
+	2003 => [ 5000,  7000,  50000 ],
+	2005 => [ 0,     undef, undef ],
+	2007 => [ 20000, undef, undef ]);
+my @poor = (2004, 2005);
+# The operator changes the limits of these a dozen times in the run; the
+# others keep theirs, so that every reason to refuse comes up whatever the
+# seed.
+my @changing = (2000, 2001, 2002, 2006, 2007);
+my $nchanges = 12;
+
 ### Generating the calls
 
 sub chance { return rand() < $_[0]; }
@@ -85,8 +131,11 @@ sub account_exists
 {
 	my ($g, $id) = @_;
 
-	return exists $shared_flag{$id} || exists $g->{accounts}{$id};
+	return exists $shared_flag{$id} || exists $euro_flag{$id} || exists $g->{accounts}{$id};
 }
+
+sub is_euro { return defined $_[0] && exists $euro_flag{ $_[0] }; }
+sub currency_of { return is_euro($_[0]) ? 'EUR' : 'XXX'; }
 
 sub may_go_negative
 {
@@ -326,6 +375,176 @@ sub gen_transfer_many
 		keys    => $keys };
 }
 
+### The EUR group's calls
+
+# Every hold call of a session, and its calls with a key of their own
+# (holds, posts, voids), by session: generated, whether or not they were
+# valid or were rolled back later.
+my (%hold_calls, %keyed_calls);
+
+# A payee of a spender: another spender of its bucket, or a sink.
+sub euro_payee
+{
+	my ($payer) = @_;
+
+	return pick((grep { $_ % 2 == $payer % 2 && $_ != $payer } @spenders), @sinks);
+}
+
+# Now and then a payee that breaks the rules: the payer itself, an account
+# of the other currency, one never opened.
+sub euro_spoiled_payee
+{
+	my ($payer) = @_;
+	my $r = rand();
+
+	return $payer if $r < 0.02;
+	return pick(@regular) if $r < 0.05;
+	return unknown_account() if $r < 0.06;
+	return euro_payee($payer);
+}
+
+# An amount up to $max, now and then not a valid one.
+sub euro_amount
+{
+	my ($max) = @_;
+	my $r = rand();
+
+	return 0 if $r < 0.01;
+	return -1 - int(rand(100)) if $r < 0.02;
+	return undef if $r < 0.025;
+	return 1 + int(rand($max));
+}
+
+# A hold: from a spender to one of its payees, without a timeout or with
+# one that outlasts the run, now and then one that is no timeout.  Its
+# key, if any, is the call's own: only a retry of this very call gets its
+# event back, so that a post naming the call names this hold.
+sub gen_hold
+{
+	my ($g, $n) = @_;
+	my $s    = $g->{session};
+	my $from = pick(@spenders);
+	my $r    = rand();
+
+	return {
+		fn      => 'hold',
+		from    => chance(0.01) ? undef : $from,
+		to      => euro_spoiled_payee($from),
+		amount  => euro_amount(12000),
+		timeout => $r < 0.55 ? undef
+		  : $r < 0.96 ? "'1 hour'"
+		  : pick("'0 seconds'", "'-5 minutes'"),
+		key => chance(0.4) ? "h$s-$n" : undef };
+}
+
+# A post or void: of a hold the session made and still has (mostly a
+# recent one, likelier to be open), of one it lost to a rollback or that
+# failed (its id reads as NULL), or of an id that is no hold.  A post asks
+# for all of the hold, part of it, all of it by amount, more than it, or
+# an amount that is not one.
+sub gen_hold_end
+{
+	my ($g, $n, $fn) = @_;
+	my $s    = $g->{session};
+	my @live = sort { $a <=> $b } keys %{ $g->{holds} };
+	my @dead = grep { !exists $g->{holds}{$_} } @{ $hold_calls{$s} // [] };
+	my $r    = rand();
+	my $c    = { fn => $fn, session => $s, key => chance(0.4) ? "pv$s-$n" : undef };
+
+	if (@live && $r < 0.87)
+	{
+		my $recent = @live < 4 ? scalar(@live) : 4;
+		$c->{ref} = chance(0.6) ? $live[ -1 - int(rand($recent)) ] : pick(@live);
+	}
+	elsif (@dead && $r < 0.94)
+	{
+		$c->{ref} = pick(@dead);
+	}
+	else
+	{
+		# 1 is the setup's first deposit
+		$c->{literal} = pick(0, -7, 1, $bigint_max);
+	}
+	if ($fn eq 'post')
+	{
+		my $held =
+		  defined $c->{ref} && $g->{holds}{ $c->{ref} }
+		  ? $g->{holds}{ $c->{ref} }{amount}
+		  : 1000;
+		my $a = rand();
+
+		$c->{amount} =
+		    $a < 0.40 ? undef
+		  : $a < 0.75 ? 1 + int(rand($held))
+		  : $a < 0.80 ? $held
+		  : $a < 0.95 ? $held + 1 + int(rand(500))
+		  :             pick(0, -5);
+	}
+	return $c;
+}
+
+# A call of the EUR group: money in and out of the spenders and between
+# them, holds and their ends, and now and then a retry of one of the
+# session's holds, posts or voids with its key: the very same call again.
+sub gen_euro
+{
+	my ($g, $n, $autocommit) = @_;
+	my $s     = $g->{session};
+	my $payer = pick(@spenders);
+	my $r     = rand();
+
+	if ($r < 0.05 && @{ $keyed_calls{$s} // [] })
+	{
+		my $orig = pick(@{ $keyed_calls{$s} });
+
+		return { %$orig, retry => $orig->{n} };
+	}
+	if ($r < 0.19)
+	{
+		my $account = pick(@spenders);
+
+		return {
+			fn      => 'deposit',
+			account => $account,
+			amount  => euro_amount((grep { $_ == $account } @poor) ? 2000 : 30000),
+			key     => idempotency_key($g, $autocommit) };
+	}
+	return {
+		fn      => 'withdraw',
+		account => $payer,
+		amount  => euro_amount(12000),
+		key     => idempotency_key($g, $autocommit) }
+	  if $r < 0.30;
+	return {
+		fn     => 'transfer',
+		from   => $payer,
+		to     => euro_spoiled_payee($payer),
+		amount => euro_amount(12000),
+		key    => idempotency_key($g, $autocommit) }
+	  if $r < 0.43;
+	if ($r < 0.50)
+	{
+		my @payees = ((grep { $_ % 2 == $payer % 2 && $_ != $payer } @spenders), @sinks);
+		my @chosen;
+
+		while (@chosen < 1 + int(rand(3)))
+		{
+			my $p = splice(@payees, int(rand(@payees)), 1);
+			push @chosen, $p;
+		}
+		push @chosen, pick(@regular) if chance(0.03);
+		return {
+			fn      => 'disburse',
+			from    => $payer,
+			payees  => \@chosen,
+			amounts => [ map { euro_amount(5000) } @chosen ],
+			key     => idempotency_key($g, $autocommit) };
+	}
+	return gen_hold($g, $n) if $r < 0.70;
+	return gen_hold_end($g, $n, 'post') if $r < 0.88;
+	return gen_hold_end($g, $n, 'void');
+}
+
 # The SQL of a call.
 sub sql_int { return defined $_[0] ? "$_[0]" : 'NULL'; }
 sub sql_text { return defined $_[0] ? "'$_[0]'" : 'NULL'; }
@@ -353,7 +572,31 @@ sub call_sql
 	{
 		return 'ledger_open_account(' . sql_int($c->{account})
 		  . ($c->{omit_flag} ? '' : ', ' . (defined $c->{flag} ? ($c->{flag} ? 'true' : 'false') : 'NULL'))
+		  . (defined $c->{currency} ? ", '$c->{currency}'" : '')
 		  . ')';
+	}
+	if ($c->{fn} eq 'limits')
+	{
+		return 'ledger_set_limits(' . join(', ', $c->{account}, map { sql_int($_) } @{ $c->{limits} }) . ')';
+	}
+	if ($c->{fn} eq 'hold')
+	{
+		return 'ledger_hold(' . join(', ', map { sql_int($c->{$_}) } qw(from to amount))
+		  . (defined $c->{timeout} || defined $c->{key} ? ', ' . ($c->{timeout} // 'NULL') : '')
+		  . (defined $c->{key} ? ', ' . sql_text($c->{key}) : '') . ')';
+	}
+	if ($c->{fn} eq 'post' || $c->{fn} eq 'void')
+	{
+		my $hold =
+		  defined $c->{ref}
+		  ? "(SELECT result::bigint FROM prop_log WHERE session = $c->{session} AND n = $c->{ref} AND ok)"
+		  : sql_int($c->{literal});
+		my @args = ($hold);
+
+		push @args, sql_int($c->{amount})
+		  if $c->{fn} eq 'post' && (defined $c->{amount} || defined $c->{key} || chance(0.5));
+		push @args, sql_text($c->{key}) if defined $c->{key};
+		return "ledger_$c->{fn}(" . join(', ', @args) . ')';
 	}
 	if ($c->{fn} eq 'deposit' || $c->{fn} eq 'withdraw')
 	{
@@ -397,6 +640,22 @@ sub predict
 	my ($g, $c) = @_;
 	my $fn = $c->{fn};
 
+	if ($fn eq 'hold')
+	{
+		return '22004' unless defined $c->{from} && defined $c->{to} && defined $c->{amount};
+		return '22023'
+		  if $c->{from} <= 0 || $c->{to} <= 0 || $c->{from} == $c->{to} || $c->{amount} <= 0;
+		return '22023' if defined $c->{timeout} && $c->{timeout} ne "'1 hour'";
+		return '23503' unless account_exists($g, $c->{from}) && account_exists($g, $c->{to});
+		return currency_of($c->{from}) eq currency_of($c->{to}) ? undef : '22023';
+	}
+	if ($fn eq 'post' || $fn eq 'void')
+	{
+		# a hold call rolled back, or that failed, leaves no id to read
+		return '22004' if defined $c->{ref} && !$g->{holds}{ $c->{ref} };
+		return '22023' if $fn eq 'post' && defined $c->{amount} && $c->{amount} <= 0;
+		return defined $c->{ref} ? undef : '42704';
+	}
 	if ($fn eq 'open')
 	{
 		return '22004' unless defined $c->{account} && (defined $c->{flag} || $c->{omit_flag});
@@ -417,7 +676,8 @@ sub predict
 		return '22023'
 		  if $c->{from} <= 0 || $c->{to} <= 0 || $c->{from} == $c->{to} || $c->{amount} <= 0;
 		return '22001' if key_too_long($c->{key});
-		return account_exists($g, $c->{from}) && account_exists($g, $c->{to}) ? undef : '23503';
+		return '23503' unless account_exists($g, $c->{from}) && account_exists($g, $c->{to});
+		return currency_of($c->{from}) eq currency_of($c->{to}) ? undef : '22023';
 	}
 	if ($fn eq 'disburse')
 	{
@@ -442,7 +702,8 @@ sub predict
 		my %seen;
 		return '22023' if grep { $seen{$_}++ } @payees;
 		return '22001' if key_too_long($c->{key});
-		return (grep { !account_exists($g, $_) } $c->{from}, @payees) ? '23503' : undef;
+		return '23503' if grep { !account_exists($g, $_) } $c->{from}, @payees;
+		return (grep { currency_of($_) ne currency_of($c->{from}) } @payees) ? '22023' : undef;
 	}
 
 	# transfer_many
@@ -475,9 +736,32 @@ sub predict
 }
 
 # The events a valid call enqueues, as the rows of ledger.events would
-# show them (kind|account_id|to_account|amount|to_accounts|amounts), with
-# their idempotency keys.
+# show them (kind|account_id|to_account|amount|to_accounts|amounts|
+# hold_id|whether it has a timeout), with their idempotency keys.  A
+# post's or void's hold_id is HOLD until the hold's id is known; a post of
+# all of a hold has amount *: the amount of the hold if it is applied, 0 if
+# not.
 sub call_events
+{
+	my ($c) = @_;
+	my $fn = $c->{fn};
+
+	return ([ join('|', 'h', $c->{from}, $c->{to}, $c->{amount}, '', '', '', defined $c->{timeout} ? 't' : 'f'),
+		$c->{key} ])
+	  if $fn eq 'hold';
+	if ($fn eq 'post' || $fn eq 'void')
+	{
+		my $hold = $c->{hold};
+
+		return ([
+			join('|', substr($fn, 0, 1), $hold->{from}, $hold->{to},
+				$fn eq 'void' ? 0 : $c->{amount} // '*', '', '', 'HOLD', 'f'),
+			$c->{key} ]);
+	}
+	return map { [ "$_->[0]||f", $_->[1] ] } money_events($c);
+}
+
+sub money_events
 {
 	my ($c) = @_;
 	my $fn = $c->{fn};
@@ -511,19 +795,32 @@ sub gen_call
 	my $whale = chance(0.1);
 	my $r = rand();
 	my $c =
-	    $r < 0.06 ? gen_open($g)
-	  : $r < 0.24 ? gen_external($g, 'deposit', $whale, $autocommit)
-	  : $r < 0.36 ? gen_external($g, 'withdraw', $whale, $autocommit)
-	  : $r < 0.64 ? gen_transfer($g, $whale, $autocommit)
-	  : $r < 0.84 ? gen_disburse($g, $whale, $autocommit)
-	  :             gen_transfer_many($g, $whale);
+	    chance(0.3) ? gen_euro($g, $n, $autocommit)
+	  : $r < 0.06   ? gen_open($g)
+	  : $r < 0.24   ? gen_external($g, 'deposit', $whale, $autocommit)
+	  : $r < 0.36   ? gen_external($g, 'withdraw', $whale, $autocommit)
+	  : $r < 0.64   ? gen_transfer($g, $whale, $autocommit)
+	  : $r < 0.84   ? gen_disburse($g, $whale, $autocommit)
+	  :               gen_transfer_many($g, $whale);
+	my $s = $g->{session};
 
 	$c->{op}     = 'call';
 	$c->{n}      = $n;
+	$c->{hold}   = $g->{holds}{ $c->{ref} } if defined $c->{ref};
 	$c->{sql}    = call_sql($c);
 	$c->{expect} = predict($g, $c);
 	$g->{accounts}{ $c->{account} } = $c->{flag} // 0
 	  if $c->{fn} eq 'open' && !defined $c->{expect};
+	if ($c->{fn} eq 'hold')
+	{
+		# a retry names its hold too: the one its first call made, or a
+		# new one if that was rolled back
+		push @{ $hold_calls{$s} }, $n;
+		$g->{holds}{$n} = { from => $c->{from}, to => $c->{to}, amount => $c->{amount} }
+		  unless defined $c->{expect};
+	}
+	push @{ $keyed_calls{$s} }, $c
+	  if $c->{fn} =~ /^(hold|post|void)$/ && defined $c->{key} && !$c->{retry};
 	return $c;
 }
 
@@ -531,7 +828,10 @@ sub copy_state
 {
 	my ($g) = @_;
 
-	return { session => $g->{session}, accounts => { %{ $g->{accounts} } } };
+	return {
+		session  => $g->{session},
+		accounts => { %{ $g->{accounts} } },
+		holds    => { %{ $g->{holds} // {} } } };
 }
 
 # A session's operations: calls on their own, and transactions of a few
@@ -626,6 +926,7 @@ ledger.buckets = 2
 ledger.poll_interval = '100ms'
 ledger.batch_size = 20    # many batches, each with several sessions' events
 ledger.breakpoint_interval = 7
+ledger.max_pending_per_account = 0    # the spam guard would refuse by timing
 max_connections = 30
 log_statement = 'none'
 });
@@ -664,6 +965,24 @@ foreach my $id (@regular)
 	push @setup,
 	  { op => 'call', fn => 'deposit', account => $id, amount => $opening };
 }
+
+# The EUR group: its accounts, the spenders' first limits (before any event
+# of theirs, so that every batch that decides one knows them), and their
+# first deposits.
+foreach my $id (@spenders, @sinks)
+{
+	push @setup,
+	  { op => 'call', fn => 'open', account => $id, flag => $euro_flag{$id}, currency => 'EUR' };
+}
+foreach my $id (sort { $a <=> $b } keys %initial_limits)
+{
+	push @setup, { op => 'call', fn => 'limits', account => $id, limits => $initial_limits{$id} };
+}
+foreach my $id (@spenders)
+{
+	push @setup,
+	  { op => 'call', fn => 'deposit', account => $id, amount => $euro_opening };
+}
 foreach my $i (0 .. $#setup)
 {
 	$setup[$i]{n}      = $i + 1;
@@ -681,8 +1000,37 @@ foreach my $s (1 .. $nsessions)
 	$ops{$s} = gen_session($s);
 	append_to_file("$tmp/session$s.sql", session_script($s, $ops{$s}));
 }
+
+# The operator: changes the limits of a spender now and then while the
+# sessions run, and notes a time after each change committed.
+my @changes = map {
+	+{
+		account => pick(@changing),
+		limits  => [
+			chance(0.5) ? undef : pick(0, 1000 + int(rand(30000))),
+			chance(0.5) ? undef : 2000 + int(rand(15000)),
+			chance(0.6) ? undef : 30000 + int(rand(200000)) ],
+		sleep => 0.1 + rand(0.3) }
+} 1 .. $nchanges;
+append_to_file(
+	"$tmp/operator.sql",
+	join('',
+		map {
+			my $c = $changes[$_];
+			sprintf("SELECT pg_sleep(%.3f);\nSELECT %s;\n"
+				  . "SELECT 'changed', %d, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;\n",
+				$c->{sleep}, call_sql({ fn => 'limits', %$c }), $_)
+		} 0 .. $#changes));
+
 my @runs;
 my $started = time;
+my $operator = { out => '', err => '' };
+$operator->{handle} = IPC::Run::start(
+	[
+		'psql', '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1',
+		'-d', $node->connstr('postgres'), '-f', "$tmp/operator.sql"
+	],
+	'>', \$operator->{out}, '2>', \$operator->{err});
 foreach my $s (1 .. $nsessions)
 {
 	my $file = "$tmp/session$s.sql";
@@ -703,6 +1051,9 @@ foreach my $run (@runs)
 	$outputs{ $run->{session} } = $run->{out};
 }
 note sprintf('%d sessions x %d calls in %.1f s', $nsessions, $ncalls, time - $started);
+ok(eval { $operator->{handle}->finish }, 'the operator changed limits')
+  or diag "operator: $operator->{err}";
+note sprintf('operator done after %.1f s', time - $started);
 
 ok($node->poll_query_until('postgres', 'SELECT count(*) FROM ledger.queue', '0'),
 	'the queue drains');
@@ -728,7 +1079,7 @@ my (@calls, @mispredicted, @key_problems, %stats);
 # the session goes: a key the session holds gives back its event.
 sub record_call
 {
-	my ($s, $op, $r, $keys) = @_;
+	my ($s, $op, $r, $keys, $results) = @_;
 	my $call = { session => $s, n => $op->{n}, op => $op, events => [] };
 	my $where = "session $s call $op->{n}: $op->{sql}";
 
@@ -741,6 +1092,7 @@ sub record_call
 	my $got = $r->[0] eq 'ok' ? 'ok' : $r->[1];
 	my $expected = $op->{expect} // 'ok';
 	$stats{"$op->{fn}: $got"}++;
+	$stats{'EUR retries'}++ if $op->{retry};
 	push @mispredicted, "$where: expected $expected, got $got"
 	  if $got ne $expected;
 	$call->{result} = $r->[0] eq 'ok' ? "ok $r->[1]" : "err $r->[1]";
@@ -756,6 +1108,9 @@ sub record_call
 	foreach my $i (0 .. $#events)
 	{
 		my ($row, $key) = @{ $events[$i] };
+
+		# the hold a post or void names: the id its call returned
+		$row =~ s/\|HOLD\|/|$results->{ $op->{ref} }[1]|/ if defined $op->{ref};
 
 		push @{ $call->{events} }, { id => $ids[$i], row => $row, key => $key };
 		next unless defined $key && $key =~ /^s\d+-/;
@@ -819,7 +1174,7 @@ foreach my $s (sort { $a <=> $b } keys %ops)
 		}
 		elsif ($kind eq 'call')
 		{
-			my $call = record_call($s, $op, $result{ $op->{n} }, \%keys);
+			my $call = record_call($s, $op, $result{ $op->{n} }, \%keys, \%result);
 
 			if   ($in_txn) { push @txn_calls, $call; }
 			else           { $call->{committed} = 1; }
@@ -853,29 +1208,36 @@ my (%event, %account, %legs_of, %idempotency);
 foreach my $line (split(/\n/, $node->safe_psql(
 	'postgres', q{
 SELECT id, kind, account_id, COALESCE(to_account::text, ''), amount,
-	   COALESCE(to_accounts::text, ''), COALESCE(amounts::text, ''), status,
-	   COALESCE(reason, ''), (extract(epoch FROM applied_at) * 1000000)::bigint
+	   COALESCE(to_accounts::text, ''), COALESCE(amounts::text, ''),
+	   COALESCE(hold_id::text, ''), CASE WHEN expires_at IS NULL THEN 'f' ELSE 't' END,
+	   status, COALESCE(reason, ''), (extract(epoch FROM applied_at) * 1000000)::bigint
   FROM ledger.events ORDER BY id})))
 {
 	my @f = split(/\|/, $line, -1);
 	$event{ $f[0] } = {
 		id      => $f[0],
-		row     => join('|', @f[ 1 .. 6 ]),
+		row     => join('|', @f[ 1 .. 8 ]),
 		kind    => $f[1],
 		account => $f[2],
 		to      => $f[3],
 		amount  => $f[4],
 		payees  => [ $f[5] =~ /(-?\d+)/g ],
 		amounts => [ $f[6] =~ /(-?\d+)/g ],
-		status  => $f[7],
-		reason  => $f[8],
-		at      => $f[9] };
+		hold    => $f[7],
+		status  => $f[9],
+		reason  => $f[10],
+		at      => $f[11] };
 }
 foreach my $line (split(/\n/, $node->safe_psql('postgres',
-	'SELECT id, allow_negative, bucket, ledger_balance(id) FROM ledger.accounts')))
+	'SELECT id, allow_negative, bucket, ledger_balance(id), currency, ledger_available(id) FROM ledger.accounts')))
 {
-	my ($id, $negative, $bucket, $balance) = split(/\|/, $line);
-	$account{$id} = { negative => $negative eq 't', bucket => $bucket, balance => $balance };
+	my ($id, $negative, $bucket, $balance, $currency, $available) = split(/\|/, $line);
+	$account{$id} = {
+		negative  => $negative eq 't',
+		bucket    => $bucket,
+		balance   => $balance,
+		currency  => $currency,
+		available => $available };
 }
 foreach my $line (split(/\n/, $node->safe_psql(
 	'postgres', q{
@@ -896,6 +1258,17 @@ foreach my $line (split(/\n/,
 note scalar(keys %event) . ' events, ' . scalar(keys %account) . ' accounts, '
   . scalar(keys %idempotency) . ' idempotency keys';
 
+# Does an event's row hold what a call asked for (* for anything)?
+sub row_matches
+{
+	my ($want, $got) = @_;
+	my @w = split(/\|/, $want, -1);
+	my @g = split(/\|/, $got,  -1);
+
+	return 0 unless @w == @g;
+	return !grep { $w[$_] ne '*' && $w[$_] ne $g[$_] } 0 .. $#w;
+}
+
 # The events the calls returned, committed or not.
 my (%committed_ids, %rolled_back_ids, %elements_of_id);
 foreach my $call (@calls)
@@ -915,7 +1288,7 @@ holds(
 	(map { "event $_ is $event{$_}{row}; its calls asked for " . join(', ', map { $_->{row} } @{ $committed_ids{$_} }) }
 	  grep {
 		my $id = $_;
-		exists $event{$id} && !grep { $_->{row} eq $event{$id}{row} } @{ $committed_ids{$id} }
+		exists $event{$id} && !grep { row_matches($_->{row}, $event{$id}{row}) } @{ $committed_ids{$id} }
 	  } sort { $a <=> $b } keys %committed_ids));
 holds('every event was returned by a committed call',
 	map { "event $_ ($event{$_}{row}) was returned by no committed call" }
@@ -1010,15 +1383,20 @@ SELECT 'events neither applied nor rejected', count(*)
   FROM ledger.events WHERE status NOT IN ('a', 'r')
 UNION ALL
 SELECT 'rejections for no known reason', count(*)
-  FROM ledger.events
- WHERE status = 'r' AND reason NOT IN ('insufficient_funds', 'overflow')
+  FROM ledger.events e JOIN ledger.accounts a ON a.id = e.account_id
+ WHERE e.status = 'r'
+   AND e.reason NOT IN ('insufficient_funds', 'overflow')
+   AND (a.currency = 0		-- limits and holds are the EUR group's only
+		OR e.reason NOT IN ('max_amount', 'overdraft_limit', 'daily_debit_limit',
+							'hold_posted', 'hold_voided', 'hold_rejected', 'exceeds_hold'))
 UNION ALL
 SELECT 'negative balances that may not be', count(*)
-  FROM ledger.accounts WHERE NOT allow_negative AND ledger_balance(id) < 0
+  FROM ledger.accounts
+ WHERE NOT allow_negative AND ledger_balance(id) < 0 AND currency = 0
 UNION ALL
 SELECT 'negative legs that may not be', count(*)
   FROM ledger.transactions t JOIN ledger.accounts a ON a.id = t.account_id
- WHERE NOT a.allow_negative AND t.balance_after < 0
+ WHERE NOT a.allow_negative AND t.balance_after < 0 AND a.currency = 0
 UNION ALL
 SELECT 'accounts with two legs of one event', count(*) FROM legs WHERE n > 1
 UNION ALL
@@ -1026,7 +1404,7 @@ SELECT 'events with the wrong number of legs', count(*)
   FROM ledger.events e
   LEFT JOIN (SELECT event_id, sum(n) AS n FROM legs GROUP BY event_id) l
 	ON l.event_id = e.id
- WHERE COALESCE(l.n, 0) <> CASE WHEN e.status = 'r' THEN 0
+ WHERE COALESCE(l.n, 0) <> CASE WHEN e.status = 'r' OR e.kind IN ('h', 'v') THEN 0
 								WHEN e.kind = 's' THEN 1 + cardinality(e.to_accounts)
 								ELSE 2 END
 UNION ALL
@@ -1048,7 +1426,7 @@ SELECT 'legs of no event', count(*)
 
 ### The model
 
-sub external_of { return -1 - $account{ $_[0] }{bucket}; }
+sub external_of { return -1 - $account{ $_[0] }{bucket} - 64 * $account{ $_[0] }{currency}; }
 
 # The legs an applied event posts: [account, amount] pairs.
 sub event_legs
@@ -1061,7 +1439,8 @@ sub event_legs
 	return ([ $e->{account}, -$amount ], [ external_of($e->{account}), $amount ])
 	  if $e->{kind} eq 'w';
 	return ([ $e->{account}, -$amount ], [ $e->{to}, $amount ])
-	  if $e->{kind} eq 't';
+	  if $e->{kind} eq 't' || $e->{kind} eq 'p';
+	return () if $e->{kind} eq 'h' || $e->{kind} eq 'v';
 	return ([ $e->{account}, -$amount ],
 		map { [ $e->{payees}[$_], $e->{amounts}[$_] ] } 0 .. $#{ $e->{payees} });
 }
@@ -1099,6 +1478,272 @@ holds(
 	  grep { !$model_legs{$_} } sort keys %actual_legs),
 	(map { "leg $_ is posted $actual_legs{$_} times" } grep { $actual_legs{$_} > 1 } sort keys %actual_legs));
 
+### The EUR group's model
+
+# The limits of each spender over time: its changes in the order they were
+# made (the order of ledger.limits' ids), each with the time its statement
+# started (set_at) and, for the operator's, a time after it committed.
+my %changed_at;
+foreach my $line (grep { /^changed\|/ } split(/\n/, $operator->{out}))
+{
+	my (undef, $k, $at) = split(/\|/, $line);
+	$changed_at{$k} = $at;
+}
+my (%changes_of, $nlimit_rows);
+foreach my $line (split(/\n/, $node->safe_psql(
+	'postgres', q{
+SELECT account_id, COALESCE(overdraft_limit::text, ''), COALESCE(max_amount::text, ''),
+	   COALESCE(daily_debit_limit::text, ''), (extract(epoch FROM set_at) * 1000000)::bigint
+  FROM ledger.limits ORDER BY id})))
+{
+	my ($id, @f) = split(/\|/, $line, -1);
+	my $set_at = pop @f;
+	my $k = $nlimit_rows++ - scalar(keys %initial_limits);    # the operator's kth
+
+	push @{ $changes_of{$id} }, {
+		limits   => [ map { $_ eq '' ? undef : $_ } @f ],
+		operator => $k >= 0,
+		# the setup's were in force before any EUR event was enqueued
+		from  => $k >= 0 ? $set_at : undef,
+		until => $k >= 0 ? $changed_at{$k} : undef };
+}
+is($nlimit_rows, scalar(keys %initial_limits) + $nchanges, 'every change of limits is in ledger.limits');
+is(scalar(keys %changed_at), $nchanges, 'the operator noted every change');
+
+# The batches each worker ran, as the history shows them: their times.
+my %batch_times;
+{
+	my %seen;
+	$seen{ $account{ $_->{account} }{bucket} }{ $_->{at} } = 1 foreach values %event;
+	foreach my $id (keys %legs_of)
+	{
+		$seen{ $account{$id}{bucket} }{ $_->{at} } = 1 foreach @{ $legs_of{$id} };
+	}
+	$batch_times{$_} = [ sort { $a <=> $b } keys %{ $seen{$_} } ] foreach keys %seen;
+}
+
+# The time of the worker's last batch before one at $at, if any.
+sub batch_before
+{
+	my ($bucket, $at) = @_;
+	my $times = $batch_times{$bucket};
+	my ($lo, $hi) = (0, scalar(@$times));
+
+	while ($lo < $hi)
+	{
+		my $mid = int(($lo + $hi) / 2);
+		if ($times->[$mid] < $at) { $lo = $mid + 1; }
+		else                      { $hi = $mid; }
+	}
+	return $lo > 0 ? $times->[ $lo - 1 ] : undef;
+}
+
+# The limits a batch at $at may have decided an account's events under.  A
+# worker reads the limits again in the first batch it starts after a change
+# commits: so a batch before the change's statement began has the old ones,
+# a batch after one that ran after the change had committed has the new
+# ones, and one in between may have either.
+sub limits_then
+{
+	my ($id, $at) = @_;
+	my @changes = @{ $changes_of{$id} // [] };
+	my $before = batch_before($account{$id}{bucket}, $at);
+	my ($certain, $possible) = (-1, -1);
+
+	foreach my $i (0 .. $#changes)
+	{
+		my $c = $changes[$i];
+
+		$certain = $i
+		  if !defined $c->{until} || (defined $before && $c->{until} < $before);
+		$possible = $i if !defined $c->{from} || $c->{from} <= $at;
+	}
+	return (($certain < 0 ? ({ limits => [ undef, undef, undef ] }) : ()),
+		@changes[ ($certain < 0 ? 0 : $certain) .. $possible ]);
+}
+
+# The model's accounts: balance, open holds, and the debits of the last day
+# (all of the run), for the spenders and sinks and the EUR external
+# accounts; the holds, by id.
+my $eur = $node->safe_psql('postgres', "SELECT no FROM ledger.currencies WHERE code = 'EUR'");
+my %euro = map {
+	$_ => { balance => 0, held => 0, debits => 0, negative => $euro_flag{$_} }
+} @spenders, @sinks;
+$euro{ -1 - $_ - 64 * $eur } = { balance => 0, held => 0, debits => 0, negative => 1 } foreach 0, 1;
+my %hold;
+
+# What each post asked for: [amount], undef for all of the hold.
+my %asked;
+foreach my $call (grep { $_->{committed} && $_->{op}{fn} eq 'post' } @calls)
+{
+	$asked{ $_->{id} } = [ $call->{op}{amount} ] foreach @{ $call->{events} };
+}
+
+# May the account pay $amount?  The reason why not, or undef.
+sub euro_refusal
+{
+	my ($a, $amount, $limits) = @_;
+	my ($overdraft, $max, $daily) = @$limits;
+	my $available = $a->{balance} - $amount - $a->{held};
+
+	return 'max_amount' if defined $max && $amount > $max;
+	return 'daily_debit_limit' if defined $daily && $a->{debits} + $amount > $daily;
+	if (defined $overdraft)
+	{
+		return $available < -$overdraft ? 'overdraft_limit' : undef;
+	}
+	return $available < 0 && !$a->{negative} ? 'insufficient_funds' : undef;
+}
+
+# The outcome of an event under some limits: 'applied' and the amount it
+# moves or holds, or the reason it is rejected.
+sub euro_outcome
+{
+	my ($e, $limits) = @_;
+	my $a = $euro{ $e->{account} };
+	my $kind = $e->{kind};
+
+	return ('applied', $e->{amount}) if $kind eq 'd';
+	if ($kind =~ /^[wtsh]$/)
+	{
+		my $why = euro_refusal($a, $e->{amount}, $limits);
+		return $why ? ($why) : ('applied', $e->{amount});
+	}
+	my $h = $hold{ $e->{hold} };
+	return ('hold_not_found') unless $h;
+	return ("hold_$h->{state}") unless $h->{state} eq 'open';
+	return ('applied', 0) if $kind eq 'v';
+	my $amount = $asked{ $e->{id} }[0] // $h->{amount};
+	return $amount > $h->{amount} ? ('exceeds_hold') : ('applied', $amount);
+}
+
+# Apply an applied event's effect, or a rejected hold's.
+sub euro_apply
+{
+	my ($e) = @_;
+	my $a = $euro{ $e->{account} };
+	my $kind = $e->{kind};
+	my $amount = $e->{amount};
+	my $external = $euro{ -1 - $account{ $e->{account} }{bucket} - 64 * $eur };
+
+	if ($kind eq 'h')
+	{
+		$hold{ $e->{id} } = {
+			account => $e->{account},
+			to      => $e->{to},
+			amount  => $amount,
+			state   => $e->{status} eq 'a' ? 'open' : 'rejected' };
+		$a->{held} += $amount if $e->{status} eq 'a';
+		return;
+	}
+	return unless $e->{status} eq 'a';
+	if ($kind eq 'd')
+	{
+		$a->{balance} += $amount;
+		$external->{balance} -= $amount;
+		return;
+	}
+	if ($kind eq 'v' || $kind eq 'p')
+	{
+		my $h = $hold{ $e->{hold} } or return;
+
+		$a->{held} -= $h->{amount};
+		$h->{state} = $kind eq 'v' ? 'voided' : 'posted';
+		$h->{ended_by} = $e->{id};
+		$h->{posted} = $kind eq 'p' ? $amount : 0;
+		return if $kind eq 'v';
+	}
+	$a->{balance} -= $amount;
+	$a->{debits} += $amount;
+	if ($kind eq 'w') { $external->{balance} += $amount; }
+	elsif ($kind eq 's')
+	{
+		$euro{ $e->{payees}[$_] }{balance} += $e->{amounts}[$_] foreach 0 .. $#{ $e->{payees} };
+	}
+	else { $euro{ $e->{to} }{balance} += $amount; }
+}
+
+my @euro_problems;
+foreach my $bucket (0, 1)
+{
+	foreach my $e (sort { $a->{at} <=> $b->{at} || $a->{id} <=> $b->{id} }
+		grep { is_euro($_->{account}) && $account{ $_->{account} }{bucket} == $bucket } values %event)
+	{
+		my @limits = limits_then($e->{account}, $e->{at});
+		my %predicted;
+		foreach my $l (@limits)
+		{
+			my ($outcome, $amount) = euro_outcome($e, $l->{limits});
+			$predicted{$outcome} //= $amount;
+		}
+		my $actual = $e->{status} eq 'a' ? 'applied' : $e->{reason};
+		my $kind = { d => 'deposit', w => 'withdraw', t => 'transfer', s => 'disburse',
+			h => 'hold', p => 'post', v => 'void' }->{ $e->{kind} };
+
+		push @euro_problems,
+		  "event $e->{id} ($e->{row}): $actual, the model says "
+		  . join(' or ', sort keys %predicted) . ' (account: balance '
+		  . $euro{ $e->{account} }{balance} . ", held $euro{ $e->{account} }{held}"
+		  . ", debits $euro{ $e->{account} }{debits}; limits "
+		  . join(' or ', map { '[' . join(', ', map { $_ // '-' } @{ $_->{limits} }) . ']' } @limits) . ')'
+		  unless exists $predicted{$actual};
+		push @euro_problems, "event $e->{id} ($e->{row}) moved $e->{amount}, the model says $predicted{applied}"
+		  if $kind eq 'post' && $actual eq 'applied' && exists $predicted{applied}
+		  && $predicted{applied} != $e->{amount};
+		$stats{"EUR $kind: $actual"}++;
+		$stats{'EUR decisions under limits changed in the run'}++
+		  if grep { $_->{operator} } @limits;
+		$stats{'EUR decisions either of two limits could make'}++ if keys %predicted > 1;
+		$stats{'EUR partial posts applied'}++
+		  if $kind eq 'post' && $actual eq 'applied' && $e->{amount} < $hold{ $e->{hold} }{amount};
+		euro_apply($e);
+	}
+}
+holds('the model predicts the outcome of every EUR event', @euro_problems);
+
+my @euro_balances;
+foreach my $id (sort { $a <=> $b } keys %euro)
+{
+	my $a = $euro{$id};
+	push @euro_balances, "account $id: the model says balance $a->{balance}, ledger_balance() $account{$id}{balance}"
+	  if $a->{balance} != $account{$id}{balance};
+	push @euro_balances,
+	  "account $id: the model says available " . ($a->{balance} - $a->{held})
+	  . ", ledger_available() $account{$id}{available}"
+	  if $a->{balance} - $a->{held} != $account{$id}{available};
+}
+holds('the EUR balances and available balances are the model\'s', @euro_balances);
+
+my (%hold_status, %hold_end, @hold_problems);
+foreach my $line (split(/\n/, $node->safe_psql('postgres',
+	"SELECT id, ledger_hold_status(id) FROM ledger.events WHERE kind = 'h'")))
+{
+	my ($id, $status) = split(/\|/, $line);
+	$hold_status{$id} = $status;
+}
+foreach my $line (split(/\n/, $node->safe_psql('postgres',
+	'SELECT hold_id, status, COALESCE(event_id::text, \'\'), amount FROM ledger.hold_ends')))
+{
+	my ($id, @end) = split(/\|/, $line, -1);
+	$hold_end{$id} = join(' ', @end);
+}
+foreach my $id (sort { $a <=> $b } keys %hold_status)
+{
+	my $h = $hold{$id};
+	my $end = $h->{state} eq 'posted' ? "p $h->{ended_by} $h->{posted}"
+	  : $h->{state} eq 'voided' ? "v $h->{ended_by} 0"
+	  : 'none';
+
+	push @hold_problems, "hold $id: ledger_hold_status() says $hold_status{$id}, the model $h->{state}"
+	  if $hold_status{$id} ne $h->{state};
+	push @hold_problems, "hold $id: ledger.hold_ends says " . ($hold_end{$id} // 'none') . ", the model $end"
+	  if ($hold_end{$id} // 'none') ne $end;
+	$stats{"EUR holds $h->{state} at the end"}++;
+}
+push @hold_problems, map { "hold $_ ended, but there is no such hold" }
+  grep { !exists $hold_status{$_} } sort keys %hold_end;
+holds('every hold is as the model says, and ended as it says', @hold_problems);
+
 ### Rejections
 
 # The balances an account may have had when an event applied at $at was
@@ -1120,7 +1765,9 @@ sub possible_balances
 
 my $bigint_min = Math::BigInt->new($bigint_max)->bneg->bdec;
 my @unjustified;
-foreach my $e (grep { $_->{status} eq 'r' } map { $event{$_} } sort { $a <=> $b } keys %event)
+# (the EUR group's rejections are the model's, below)
+foreach my $e (grep { $_->{status} eq 'r' && !is_euro($_->{account}) }
+	map { $event{$_} } sort { $a <=> $b } keys %event)
 {
 	my $amount = Math::BigInt->new($e->{amount});
 	my ($debited, @credited);
@@ -1195,6 +1842,10 @@ holds('a session\'s events of a bucket are applied in the order it enqueued them
 ### Coverage: the generator keeps reaching what it is meant to
 
 $stats{"applied: $_->{kind}"}++ foreach grep { $_->{status} eq 'a' } values %event;
+$stats{'EUR posts across buckets'} = grep {
+	$_->{status} eq 'a' && $_->{kind} eq 'p'
+	  && $account{ $_->{account} }{bucket} != $account{ $_->{to} }{bucket}
+} values %event;
 $stats{'applied cross-bucket transfers'} = grep {
 	$_->{status} eq 'a' && $_->{kind} eq 't'
 	  && $account{ $_->{account} }{bucket} != $account{ $_->{to} }{bucket}
@@ -1204,7 +1855,7 @@ if ($ncalls * $nsessions >= 2000)
 {
 	my %errors;
 	$errors{ $_->{op}{expect} } = 1 foreach grep { defined $_->{op}{expect} } @calls;
-	is(join(' ', sort keys %errors), '22001 22003 22004 22023 2202E 23503 42710 54000',
+	is(join(' ', sort keys %errors), '22001 22003 22004 22023 2202E 23503 42704 42710 54000',
 		'the calls raised every kind of error');
 	ok( $stats{'calls rolled back'} && $stats{'savepoints rolled back to'}
 		  && $stats{'private key reused'}
@@ -1213,6 +1864,23 @@ if ($ncalls * $nsessions >= 2000)
 		  && $stats{'applied: s'}
 		  && $stats{'applied cross-bucket transfers'},
 		'rollbacks, savepoints, reused keys, both rejections and cross-bucket payments happened');
+
+	# the EUR group: every outcome, by reason whatever the kind of event
+	my %euro_outcomes;
+	foreach my $k (keys %stats)
+	{
+		$euro_outcomes{$1} += $stats{$k} if $k =~ /^EUR \w+: (\w+)$/;
+	}
+	my @missing = grep { !$euro_outcomes{$_} }
+	  qw(applied insufficient_funds overdraft_limit max_amount daily_debit_limit
+	  hold_posted hold_voided hold_rejected exceeds_hold);
+	push @missing, grep { !$stats{$_} } (
+		'EUR hold: applied', 'EUR post: applied', 'EUR void: applied',
+		'EUR partial posts applied', 'EUR holds open at the end', 'EUR holds posted at the end',
+		'EUR holds voided at the end', 'EUR holds rejected at the end', 'EUR retries',
+		'EUR decisions under limits changed in the run', 'EUR posts across buckets');
+	ok(!@missing, 'EUR events met every outcome, holds every end, and limits changed under them')
+	  or diag 'missing: ' . join(', ', @missing);
 }
 
 $node->stop;
