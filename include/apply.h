@@ -78,6 +78,7 @@ extern void ledger_note_debit(AccountState *acct, int64 amount, TimestampTz at);
 extern void ledger_holds_reset(void);
 extern void ledger_holds_load(int worker);
 extern HoldState *ledger_hold_find(int64 hold_id);
+extern void ledger_hold_ended(HoldState *hold, char state);
 extern HoldState *ledger_hold_add(int64 hold_id, int64 account_id,
 								  int64 to_account, int64 amount,
 								  TimestampTz expires_at, char state);

@@ -752,7 +752,7 @@ end_hold(BatchOutput *out, HoldState *hold, char status, int64 event_id,
 	/* an account not in the cache has its holds read when it is loaded */
 	if (payer != NULL)
 		payer->held -= hold->amount;
-	hold->state = status;
+	ledger_hold_ended(hold, status);
 }
 
 /*

@@ -27,6 +27,24 @@ static HTAB *hold_cache = NULL;
 /* No open hold expires before this; 0 when none has a timeout. */
 static TimestampTz next_expiry = 0;
 
+/* The holds that ended, or were rejected, in the current batch. */
+static int64 *ended = NULL;
+static int	nended = 0;
+static int	maxended = 0;
+
+static void
+remember_ended(int64 hold_id)
+{
+	if (nended == maxended)
+	{
+		maxended = Max(64, maxended * 2);
+		ended = ended ?
+			repalloc(ended, sizeof(int64) * maxended) :
+			MemoryContextAlloc(TopMemoryContext, sizeof(int64) * maxended);
+	}
+	ended[nended++] = hold_id;
+}
+
 void
 ledger_holds_reset(void)
 {
@@ -34,6 +52,7 @@ ledger_holds_reset(void)
 		hash_destroy(hold_cache);
 	hold_cache = NULL;
 	next_expiry = 0;
+	nended = 0;
 }
 
 static void
@@ -62,10 +81,20 @@ ledger_hold_add(int64 hold_id, int64 account_id, int64 to_account,
 	hold->amount = amount;
 	hold->expires_at = expires_at;
 	hold->state = state;
-	if (state == LEDGER_HOLD_OPEN && expires_at != 0 &&
-		(next_expiry == 0 || expires_at < next_expiry))
+	if (state != LEDGER_HOLD_OPEN)
+		remember_ended(hold_id);
+	else if (expires_at != 0 && (next_expiry == 0 || expires_at < next_expiry))
 		next_expiry = expires_at;
 	return hold;
+}
+
+/* An open hold ended in this batch: posted, voided or expired. */
+void
+ledger_hold_ended(HoldState *hold, char state)
+{
+	Assert(hold->state == LEDGER_HOLD_OPEN);
+	hold->state = state;
+	remember_ended(hold->id);
 }
 
 /*
@@ -165,18 +194,11 @@ ledger_holds_due(TimestampTz now, int *ndue)
 void
 ledger_holds_end_batch(void)
 {
-	HASH_SEQ_STATUS status;
-	HoldState  *hold;
+	int			i;
 
-	if (hold_cache == NULL)
-		return;
-	hash_seq_init(&status, hold_cache);
-	while ((hold = hash_seq_search(&status)) != NULL)
-	{
-		/* deleting the entry just returned is allowed */
-		if (hold->state != LEDGER_HOLD_OPEN)
-			(void) hash_search(hold_cache, &hold->id, HASH_REMOVE, NULL);
-	}
+	for (i = 0; i < nended && hold_cache != NULL; i++)
+		(void) hash_search(hold_cache, &ended[i], HASH_REMOVE, NULL);
+	nended = 0;
 }
 
 /*
