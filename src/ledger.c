@@ -38,7 +38,7 @@ int			ledger_max_payees = 1000;
 int			ledger_breakpoint_interval = 1000;
 bool		ledger_log_batches = false;
 char	   *ledger_default_currency = NULL;
-int			ledger_max_pending_per_account = 10000;
+int			ledger_max_pending_per_account = 0;
 int			ledger_node_id = 0;
 
 LedgerSharedState *ledger_shared = NULL;
@@ -138,9 +138,9 @@ define_settings(void)
 
 	DefineCustomIntVariable("ledger.max_pending_per_account",
 							"Most events of one paying account that may wait to be applied.",
-							"Enqueueing more raises an error; 0 lets any number wait.",
+							"Enqueueing more raises an error; 0 (the default) lets any number wait.",
 							&ledger_max_pending_per_account,
-							10000, 0, INT_MAX,
+							0, 0, INT_MAX,
 							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
