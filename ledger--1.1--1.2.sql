@@ -282,6 +282,16 @@ AS $$
 	 ORDER BY t.id
 $$;
 
+/* The name of an event kind, as ledger_event() and ledger_find_events() show it. */
+CREATE FUNCTION ledger.kind_name(kind "char") RETURNS text
+LANGUAGE sql IMMUTABLE STRICT AS
+$$
+	SELECT CASE kind WHEN 'd' THEN 'deposit' WHEN 'w' THEN 'withdraw'
+					 WHEN 't' THEN 'transfer' WHEN 's' THEN 'disburse'
+					 WHEN 'h' THEN 'hold' WHEN 'p' THEN 'post'
+					 ELSE 'void' END
+$$;
+
 CREATE FUNCTION ledger_event(event_id bigint,
 							 OUT kind text, OUT account_id bigint,
 							 OUT to_accounts bigint[], OUT amounts bigint[],
@@ -305,10 +315,7 @@ AS $$
 	), st AS (
 		SELECT @extschema@.ledger_event_status($1) AS status
 	)
-	SELECT CASE ev.kind WHEN 'd' THEN 'deposit' WHEN 'w' THEN 'withdraw'
-						WHEN 't' THEN 'transfer' WHEN 's' THEN 'disburse'
-						WHEN 'h' THEN 'hold' WHEN 'p' THEN 'post'
-						ELSE 'void' END,
+	SELECT ledger.kind_name(ev.kind),
 		   ev.account_id,
 		   CASE WHEN ev.kind IN ('t', 'h', 'p') THEN ARRAY[ev.to_account] ELSE ev.to_accounts END,
 		   CASE WHEN ev.kind IN ('t', 'h', 'p') THEN ARRAY[ev.amount] ELSE ev.amounts END,
@@ -340,10 +347,7 @@ BEGIN
 	END IF;
 	RETURN QUERY
 		SELECT f.id,
-			   CASE f.kind WHEN 'd' THEN 'deposit' WHEN 'w' THEN 'withdraw'
-						   WHEN 't' THEN 'transfer' WHEN 's' THEN 'disburse'
-						   WHEN 'h' THEN 'hold' WHEN 'p' THEN 'post'
-						   ELSE 'void' END,
+			   ledger.kind_name(f.kind),
 			   f.account_id, f.amount, f.status, f.metadata
 		  FROM (SELECT e.id, e.kind, e.account_id, e.amount,
 					   CASE e.status WHEN 'a' THEN 'applied' ELSE 'rejected' END AS status,

@@ -86,5 +86,6 @@ extern bool ledger_holds_any_due(TimestampTz now);
 extern HoldState **ledger_holds_due(TimestampTz now, int *ndue);
 extern void ledger_holds_end_batch(void);
 extern const char *ledger_hold_gone_reason(int64 hold_id);
+extern const char *ledger_hold_end_reason(char state);
 
 #endif							/* LEDGER_APPLY_H */

@@ -138,6 +138,7 @@ extern bool ledger_in_cluster(void);
 extern bool ledger_valid_currency_code(const char *code);
 extern SPIPlanPtr ledger_prepare_plan(SPIPlanPtr *plan, const char *sql,
 									  int nargs, Oid *argtypes);
+extern void ledger_free_plan(SPIPlanPtr *plan);
 
 /* wait.c */
 extern void ledger_wake_at_commit(int bucket);

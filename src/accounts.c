@@ -50,14 +50,6 @@ static SPIPlanPtr load_plan_1_1 = NULL;
 static SPIPlanPtr window_plan = NULL;
 static SPIPlanPtr directory_plan = NULL;
 
-static void
-free_plan(SPIPlanPtr *plan)
-{
-	if (*plan)
-		SPI_freeplan(*plan);
-	*plan = NULL;
-}
-
 /* Forget every account, and the plans that loaded them. */
 void
 ledger_accounts_reset(void)
@@ -66,10 +58,10 @@ ledger_accounts_reset(void)
 		MemoryContextDelete(cache_context);
 	cache_context = NULL;
 	account_cache = NULL;
-	free_plan(&load_plan);
-	free_plan(&load_plan_1_1);
-	free_plan(&window_plan);
-	free_plan(&directory_plan);
+	ledger_free_plan(&load_plan);
+	ledger_free_plan(&load_plan_1_1);
+	ledger_free_plan(&window_plan);
+	ledger_free_plan(&directory_plan);
 }
 
 static void
@@ -193,10 +185,28 @@ int64_or(HeapTuple row, TupleDesc desc, int column, int64 otherwise)
 }
 
 /*
- * Load into the cache those of the accounts given that it does not hold
- * yet.  An id that is no account is left out: the events naming it are
- * rejected.  Called inside SPI.
+ * An account entering the cache, with no legs, holds, limits or window: the
+ * loaders fill in what they read.
  */
+static AccountState *
+new_account(int64 id)
+{
+	AccountState *acct = hash_search(account_cache, &id, HASH_ENTER, NULL);
+
+	memset((char *) acct + sizeof(acct->id), 0, sizeof(AccountState) - sizeof(acct->id));
+	acct->overdraft_limit = LEDGER_NO_LIMIT;
+	acct->max_amount = LEDGER_NO_LIMIT;
+	acct->daily_debit_limit = LEDGER_NO_LIMIT;
+	return acct;
+}
+
+static Datum
+bigint_array(Datum *values, int n)
+{
+	return PointerGetDatum(construct_array(values, n, INT8OID, 8,
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
 /*
  * In a cluster, the accounts of other nodes that the batch pays: from the
  * directory, as accounts this worker does not own, on their node.
@@ -212,8 +222,7 @@ load_remote_accounts(Datum *wanted, int nwanted)
 						"SELECT d.account_id, d.node_id, d.currency FROM ledger.directory d"
 						" WHERE d.account_id = ANY ($1) AND d.node_id <> $2",
 						2, argtypes);
-	args[0] = PointerGetDatum(construct_array(wanted, nwanted, INT8OID, 8,
-											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[0] = bigint_array(wanted, nwanted);
 	args[1] = Int32GetDatum(ledger_node_id);
 	if (SPI_execute_plan(directory_plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the directory of accounts");
@@ -225,19 +234,19 @@ load_remote_accounts(Datum *wanted, int nwanted)
 		AccountState *acct;
 		bool		isnull;
 
-		acct = hash_search(account_cache, &id, HASH_ENTER, NULL);
-		memset((char *) acct + sizeof(int64), 0, sizeof(AccountState) - sizeof(int64));
+		acct = new_account(id);
 		acct->bucket = -1;
-		acct->owned = false;
-		acct->overdraft_limit = LEDGER_NO_LIMIT;
-		acct->max_amount = LEDGER_NO_LIMIT;
-		acct->daily_debit_limit = LEDGER_NO_LIMIT;
 		acct->node = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
 		strlcpy(acct->currency_code, SPI_getvalue(row, desc, 3),
 				sizeof(acct->currency_code));
 	}
 }
 
+/*
+ * Load into the cache those of the accounts given that it does not hold
+ * yet.  An id that is no account is left out: the events naming it are
+ * rejected.  Called inside SPI.
+ */
 void
 ledger_load_accounts(int64 *ids, int nids, int worker, bool schema_1_2,
 					 bool in_cluster, TimestampTz now)
@@ -302,8 +311,7 @@ ledger_load_accounts(int64 *ids, int nids, int worker, bool schema_1_2,
 							"         ORDER BY b.last_txn_id DESC LIMIT 1) b ON true"
 							" WHERE a.id = ANY ($1)",
 							1, &argtype);
-	arg = PointerGetDatum(construct_array(wanted, nwanted, INT8OID, 8,
-										  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	arg = bigint_array(wanted, nwanted);
 	if (SPI_execute_plan(schema_1_2 ? load_plan : load_plan_1_1,
 						 &arg, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not load accounts");
@@ -316,7 +324,7 @@ ledger_load_accounts(int64 *ids, int nids, int worker, bool schema_1_2,
 		AccountState *acct;
 		bool		isnull;
 
-		acct = hash_search(account_cache, &id, HASH_ENTER, NULL);
+		acct = new_account(id);
 		acct->bucket = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
 		acct->allow_negative = DatumGetBool(SPI_getbinval(row, desc, 3, &isnull));
 		acct->owned = ledger_worker_of_bucket(acct->bucket) == worker;
@@ -328,18 +336,9 @@ ledger_load_accounts(int64 *ids, int nids, int worker, bool schema_1_2,
 		/*
 		 * Count the legs since the breakpoint from here on: after a restart
 		 * the next breakpoint of an account may cover up to twice the
-		 * interval, which keeps loading an account to two index probes.
+		 * interval, which keeps loading an account to two index probes
+		 * (new_account() set the count to 0).
 		 */
-		acct->legs_since_bp = 0;
-
-		acct->currency = 0;
-		acct->overdraft_limit = LEDGER_NO_LIMIT;
-		acct->max_amount = LEDGER_NO_LIMIT;
-		acct->daily_debit_limit = LEDGER_NO_LIMIT;
-		acct->held = 0;
-		acct->window = NULL;
-		acct->node = 0;
-		acct->currency_code[0] = '\0';
 		if (schema_1_2)
 		{
 			acct->currency = DatumGetInt32(SPI_getbinval(row, desc, 8, &isnull));

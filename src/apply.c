@@ -180,14 +180,6 @@ static int	nserved_buckets = 0;
 
 static SPIPlanPtr fetch_plan = NULL;
 
-static void
-free_plan(SPIPlanPtr *plan)
-{
-	if (*plan)
-		SPI_freeplan(*plan);
-	*plan = NULL;
-}
-
 /*
  * Forget everything cached about the extension's objects: called when the
  * extension was dropped or created again.
@@ -200,7 +192,7 @@ ledger_apply_reset(void)
 	ledger_bulk_reset();
 	transaction_seq_oid = InvalidOid;
 	ledger_extension_oid = InvalidOid;
-	free_plan(&fetch_plan);
+	ledger_free_plan(&fetch_plan);
 }
 
 /* The OID of a relation of schema ledger, whose columns must be these. */
@@ -627,86 +619,89 @@ record_outcome(BatchOutput *out, QueuedEvent *ev, const char *reason)
 	out->done[out->ndone++] = ev->ctid;
 }
 
-/*
- * Send to another node of the cluster the credit legs of an event for the
- * payees that node holds, as a row of ledger.transit that logical
- * replication carries there.  done[] marks the payees already handled.
- */
-static void
-send_credit(BatchOutput *out, QueuedEvent *ev, AccountState **payees,
-			int first, bool *done)
+/* The payees of an event that one credit entry or transit row carries. */
+typedef struct CreditShare
 {
-	int			node = payees[first]->node;
-	TupleTableSlot *slot = ledger_bulk_next_slot(out->transit);
-	Datum	   *v = slot->tts_values;
+	Datum		to_accounts;	/* bigint[] */
+	Datum		amounts;		/* bigint[] */
+	int64		total;
+} CreditShare;
+
+/*
+ * Gather the payees not handled yet (done[] false) that are where
+ * payees[first] is: the same bucket of this node, or the same other node.
+ * Marks them done.
+ */
+static CreditShare
+gather_credit(QueuedEvent *ev, AccountState **payees, int first, bool *done)
+{
+	AccountState *where = payees[first];
 	Datum	   *to = palloc(sizeof(Datum) * (ev->npayees - first));
 	Datum	   *amounts = palloc(sizeof(Datum) * (ev->npayees - first));
-	int64		total = 0;
+	CreditShare share = {0};
 	int			n = 0;
 	int			p;
 
 	for (p = first; p < ev->npayees; p++)
 	{
-		if (done[p] || payees[p]->node != node)
+		if (done[p] || payees[p]->node != where->node ||
+			(where->node == 0 && payees[p]->bucket != where->bucket))
 			continue;
 		to[n] = Int64GetDatum(ev->payees[p]);
 		amounts[n] = Int64GetDatum(ev->amounts[p]);
-		total += ev->amounts[p];	/* no overflow: checked at enqueue */
+		share.total += ev->amounts[p];	/* no overflow: checked at enqueue */
 		done[p] = true;
 		n++;
 	}
+	share.to_accounts = PointerGetDatum(construct_array(to, n, INT8OID, 8,
+														FLOAT8PASSBYVAL,
+														TYPALIGN_DOUBLE));
+	share.amounts = PointerGetDatum(construct_array(amounts, n, INT8OID, 8,
+													FLOAT8PASSBYVAL,
+													TYPALIGN_DOUBLE));
+	return share;
+}
+
+/*
+ * Send to another node of the cluster the credit legs of an event for the
+ * payees that node holds, as a row of ledger.transit that logical
+ * replication carries there.
+ */
+static void
+send_credit(BatchOutput *out, QueuedEvent *ev, AccountState **payees,
+			int first, bool *done)
+{
+	AccountState *where = payees[first];
+	CreditShare share = gather_credit(ev, payees, first, done);
+	TupleTableSlot *slot = ledger_bulk_next_slot(out->transit);
+	Datum	   *v = slot->tts_values;
 
 	memset(slot->tts_isnull, false, sizeof(bool) * TRANSIT_NATTS);
 	v[TRANSIT_SOURCE_NODE] = Int32GetDatum(ledger_node_id);
 	v[TRANSIT_ID] = Int64GetDatum(nextval_internal(event_seq_oid, false));
-	v[TRANSIT_TARGET_NODE] = Int32GetDatum(node);
+	v[TRANSIT_TARGET_NODE] = Int32GetDatum(where->node);
 	v[TRANSIT_EVENT_ID] = Int64GetDatum(ev->id);
 	v[TRANSIT_PAYER] = Int64GetDatum(ev->account_id);
-	v[TRANSIT_CURRENCY] = CStringGetTextDatum(payees[first]->currency_code);
-	v[TRANSIT_TO_ACCOUNTS] = PointerGetDatum(construct_array(to, n, INT8OID, 8,
-															 FLOAT8PASSBYVAL,
-															 TYPALIGN_DOUBLE));
-	v[TRANSIT_AMOUNTS] = PointerGetDatum(construct_array(amounts, n, INT8OID, 8,
-														 FLOAT8PASSBYVAL,
-														 TYPALIGN_DOUBLE));
-	v[TRANSIT_AMOUNT] = Int64GetDatum(total);
+	v[TRANSIT_CURRENCY] = CStringGetTextDatum(where->currency_code);
+	v[TRANSIT_TO_ACCOUNTS] = share.to_accounts;
+	v[TRANSIT_AMOUNTS] = share.amounts;
+	v[TRANSIT_AMOUNT] = Int64GetDatum(share.total);
 	v[TRANSIT_CREATED_AT] = TimestampTzGetDatum(out->now);
 	ledger_bulk_add_row(out->transit, slot);
 }
 
 /*
- * Queue, in another bucket, the credit legs of an event for the payees that
- * bucket holds, or send them to the node that holds them.  done[] marks the
- * payees already handled.
+ * Queue, in another bucket of this node, the credit legs of an event for
+ * the payees that bucket holds.
  */
 static void
 queue_credit(BatchOutput *out, QueuedEvent *ev, AccountState **payees,
 			 int first, bool *done)
 {
 	int			bucket = payees[first]->bucket;
+	CreditShare share = gather_credit(ev, payees, first, done);
 	TupleTableSlot *slot = ledger_bulk_next_slot(out->credits);
 	Datum	   *v = slot->tts_values;
-	Datum	   *to = palloc(sizeof(Datum) * (ev->npayees - first));
-	Datum	   *amounts = palloc(sizeof(Datum) * (ev->npayees - first));
-	int64		total = 0;
-	int			n = 0;
-	int			p;
-
-	if (payees[first]->node != 0)
-	{
-		send_credit(out, ev, payees, first, done);
-		return;
-	}
-	for (p = first; p < ev->npayees; p++)
-	{
-		if (done[p] || payees[p]->node != 0 || payees[p]->bucket != bucket)
-			continue;
-		to[n] = Int64GetDatum(ev->payees[p]);
-		amounts[n] = Int64GetDatum(ev->amounts[p]);
-		total += ev->amounts[p];	/* no overflow: checked at enqueue */
-		done[p] = true;
-		n++;
-	}
 
 	/* the columns of 1.2 stay empty */
 	memset(slot->tts_isnull, true, sizeof(bool) * slot->tts_tupleDescriptor->natts);
@@ -717,13 +712,9 @@ queue_credit(BatchOutput *out, QueuedEvent *ev, AccountState **payees,
 	v[QUEUE_KIND] = CharGetDatum(LEDGER_CREDIT);
 	v[QUEUE_ACCOUNT_ID] = Int64GetDatum(ev->account_id);
 	slot->tts_isnull[QUEUE_TO_ACCOUNT] = true;
-	v[QUEUE_AMOUNT] = Int64GetDatum(total);
-	v[QUEUE_TO_ACCOUNTS] = PointerGetDatum(construct_array(to, n, INT8OID, 8,
-														   FLOAT8PASSBYVAL,
-														   TYPALIGN_DOUBLE));
-	v[QUEUE_AMOUNTS] = PointerGetDatum(construct_array(amounts, n, INT8OID, 8,
-													   FLOAT8PASSBYVAL,
-													   TYPALIGN_DOUBLE));
+	v[QUEUE_AMOUNT] = Int64GetDatum(share.total);
+	v[QUEUE_TO_ACCOUNTS] = share.to_accounts;
+	v[QUEUE_AMOUNTS] = share.amounts;
 	v[QUEUE_ENQUEUED_AT] = TimestampTzGetDatum(out->now);
 	ledger_bulk_add_row(out->credits, slot);
 
@@ -805,8 +796,14 @@ pay(BatchOutput *out, QueuedEvent *ev, AccountState *payer,
 			post_leg(out, payees[p], ev->id, ev->amounts[p]);
 	}
 	for (p = 0; p < ev->npayees; p++)
-		if (!done[p])
+	{
+		if (done[p])
+			continue;
+		if (payees[p]->node != 0)
+			send_credit(out, ev, payees, p, done);
+		else
 			queue_credit(out, ev, payees, p, done);
+	}
 }
 
 /*
@@ -893,17 +890,7 @@ hold_gone_reason(int64 hold_id)
 
 	if (hold == NULL)
 		return ledger_hold_gone_reason(hold_id);
-	switch (hold->state)
-	{
-		case LEDGER_HOLD_REJECTED:
-			return "hold_rejected";
-		case LEDGER_HOLD_POSTED:
-			return "hold_posted";
-		case LEDGER_HOLD_VOIDED:
-			return "hold_voided";
-		default:
-			return "hold_expired";
-	}
+	return ledger_hold_end_reason(hold->state);
 }
 
 /*

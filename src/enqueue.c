@@ -765,14 +765,46 @@ ledger_open_account(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/*
+ * Enqueue a movement naming the accounts ids[0 .. n-1], the first paying:
+ * check they exist in one currency, then queue it in the payer's bucket.
+ */
+static int64
+enqueue_movement(Movement *m, int64 *ids, int n)
+{
+	int64		pending;
+	int			bucket;
+	int64		event_id;
+
+	SPI_connect();
+	bucket = lookup_accounts(ids, n, &pending);
+	event_id = enqueue(m, bucket, pending);
+	SPI_finish();
+	return event_id;
+}
+
+/*
+ * The arguments a transfer and a hold share: from_account, to_account and
+ * amount, checked.
+ */
+static void
+get_payment(FunctionCallInfo fcinfo, char kind, Movement *m)
+{
+	require_arg(fcinfo, 0, "from_account");
+	require_arg(fcinfo, 1, "to_account");
+	require_arg(fcinfo, 2, "amount");
+	m->kind = kind;
+	m->account_id = PG_GETARG_INT64(0);
+	m->to_account = PG_GETARG_INT64(1);
+	m->amount = PG_GETARG_INT64(2);
+	check_transfer(m->account_id, m->to_account, m->amount);
+}
+
 /* Common to deposit and withdraw. */
 static Datum
 enqueue_external(FunctionCallInfo fcinfo, char kind)
 {
 	Movement	m = {0};
-	int64		event_id;
-	int64		pending;
-	int			bucket;
 
 	require_arg(fcinfo, 0, "account_id");
 	require_arg(fcinfo, 1, "amount");
@@ -784,11 +816,7 @@ enqueue_external(FunctionCallInfo fcinfo, char kind)
 	m.idempotency_key = get_idempotency_key(fcinfo, 2);
 	m.metadata = get_metadata(fcinfo, 3);
 
-	SPI_connect();
-	bucket = lookup_accounts(&m.account_id, 1, &pending);
-	event_id = enqueue(&m, bucket, pending);
-	SPI_finish();
-	PG_RETURN_INT64(event_id);
+	PG_RETURN_INT64(enqueue_movement(&m, &m.account_id, 1));
 }
 
 PG_FUNCTION_INFO_V1(ledger_deposit);
@@ -811,28 +839,14 @@ ledger_transfer(PG_FUNCTION_ARGS)
 {
 	Movement	m = {0};
 	int64		ids[2];
-	int64		event_id;
-	int64		pending;
-	int			bucket;
 
-	require_arg(fcinfo, 0, "from_account");
-	require_arg(fcinfo, 1, "to_account");
-	require_arg(fcinfo, 2, "amount");
-	m.kind = LEDGER_TRANSFER;
-	m.account_id = PG_GETARG_INT64(0);
-	m.to_account = PG_GETARG_INT64(1);
-	m.amount = PG_GETARG_INT64(2);
-	check_transfer(m.account_id, m.to_account, m.amount);
+	get_payment(fcinfo, LEDGER_TRANSFER, &m);
 	m.idempotency_key = get_idempotency_key(fcinfo, 3);
 	m.metadata = get_metadata(fcinfo, 4);
 
 	ids[0] = m.account_id;
 	ids[1] = m.to_account;
-	SPI_connect();
-	bucket = lookup_accounts(ids, 2, &pending);
-	event_id = enqueue(&m, bucket, pending);
-	SPI_finish();
-	PG_RETURN_INT64(event_id);
+	PG_RETURN_INT64(enqueue_movement(&m, ids, 2));
 }
 
 /*
@@ -851,9 +865,6 @@ ledger_disburse(PG_FUNCTION_ARGS)
 	int			npayees;
 	int			namounts;
 	int			i;
-	int64		event_id;
-	int64		pending;
-	int			bucket;
 
 	require_arg(fcinfo, 0, "from_account");
 	require_arg(fcinfo, 1, "to_accounts");
@@ -919,11 +930,7 @@ ledger_disburse(PG_FUNCTION_ARGS)
 	ids[0] = m.account_id;
 	memcpy(ids + 1, payees, sizeof(int64) * npayees);
 
-	SPI_connect();
-	bucket = lookup_accounts(ids, npayees + 1, &pending);
-	event_id = enqueue(&m, bucket, pending);
-	SPI_finish();
-	PG_RETURN_INT64(event_id);
+	PG_RETURN_INT64(enqueue_movement(&m, ids, npayees + 1));
 }
 
 /*
@@ -936,18 +943,8 @@ ledger_hold(PG_FUNCTION_ARGS)
 {
 	Movement	m = {0};
 	int64		ids[2];
-	int64		event_id;
-	int64		pending;
-	int			bucket;
 
-	require_arg(fcinfo, 0, "from_account");
-	require_arg(fcinfo, 1, "to_account");
-	require_arg(fcinfo, 2, "amount");
-	m.kind = LEDGER_HOLD;
-	m.account_id = PG_GETARG_INT64(0);
-	m.to_account = PG_GETARG_INT64(1);
-	m.amount = PG_GETARG_INT64(2);
-	check_transfer(m.account_id, m.to_account, m.amount);
+	get_payment(fcinfo, LEDGER_HOLD, &m);
 	if (!PG_ARGISNULL(3))
 	{
 		TimestampTz now = GetCurrentStatementStartTimestamp();
@@ -966,11 +963,7 @@ ledger_hold(PG_FUNCTION_ARGS)
 
 	ids[0] = m.account_id;
 	ids[1] = m.to_account;
-	SPI_connect();
-	bucket = lookup_accounts(ids, 2, &pending);
-	event_id = enqueue(&m, bucket, pending);
-	SPI_finish();
-	PG_RETURN_INT64(event_id);
+	PG_RETURN_INT64(enqueue_movement(&m, ids, 2));
 }
 
 /*

@@ -223,13 +223,25 @@ ledger_hold_gone_reason(int64 hold_id)
 		return "hold_not_found";
 	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (DatumGetChar(value) == LEDGER_REJECTED)
-		return "hold_rejected";
+		return ledger_hold_end_reason(LEDGER_HOLD_REJECTED);
 	value = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 	if (isnull)
 		elog(ERROR, "hold " INT64_FORMAT " is open but not known to its worker",
 			 hold_id);
-	switch (DatumGetChar(value))
+	return ledger_hold_end_reason(DatumGetChar(value));
+}
+
+/*
+ * The rejection reason of a post or void of a hold that is no longer open:
+ * state is how it ended (or LEDGER_HOLD_REJECTED).
+ */
+const char *
+ledger_hold_end_reason(char state)
+{
+	switch (state)
 	{
+		case LEDGER_HOLD_REJECTED:
+			return "hold_rejected";
 		case LEDGER_HOLD_POSTED:
 			return "hold_posted";
 		case LEDGER_HOLD_VOIDED:

@@ -246,6 +246,15 @@ ledger_prepare_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
 	return *plan;
 }
 
+/* Free a plan ledger_prepare_plan() kept, if there is one. */
+void
+ledger_free_plan(SPIPlanPtr *plan)
+{
+	if (*plan)
+		SPI_freeplan(*plan);
+	*plan = NULL;
+}
+
 /*
  * The worker that serves a bucket.  Buckets above ledger.buckets exist only
  * if the setting was lowered; they are shared out among the workers, so that

@@ -23,6 +23,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use LedgerCrash;
 use IPC::Run;
 use Time::HiRes qw(usleep);
 
@@ -266,30 +269,6 @@ SELECT count(*), count(*) FILTER (WHERE NOT (id = ANY ('{$ids}'::bigint[])))
 		"$name: unacknowledged events are at most the commits in flight at crashes"
 	);
 	return;
-}
-
-# The processes of a server: its postmaster and those pg_stat_activity shows.
-sub server_pids
-{
-	my ($node) = @_;
-	my ($postmaster) = split(/\n/, slurp_file($node->data_dir . '/postmaster.pid'));
-
-	return ($postmaster,
-		split(/\n/, $node->safe_psql('postgres', 'SELECT pid FROM pg_stat_activity')));
-}
-
-# Processes of a server whose postmaster was killed leave one by one, and a
-# new postmaster cannot start while they hold the shared memory.
-sub wait_for_exit
-{
-	my @pids = @_;
-
-	for (my $i = 0; $i < 10 * $PostgreSQL::Test::Utils::timeout_default; $i++)
-	{
-		return unless grep { kill(0, $_) } @pids;
-		usleep(100_000);
-	}
-	BAIL_OUT('the processes of the killed server did not exit');
 }
 
 my $primary = PostgreSQL::Test::Cluster->new('primary');

@@ -24,6 +24,10 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(usleep);
+use FindBin;
+use lib $FindBin::RealBin;
+use LedgerCrash;
 
 my $naccounts = 16;
 my $nclients  = 4;
@@ -281,29 +285,6 @@ sub all_nodes
 	return join(',', map { $_->safe_psql('postgres', $sql) } @nodes);
 }
 
-sub server_pids
-{
-	my ($node) = @_;
-	my ($postmaster) = split(/\n/, slurp_file($node->data_dir . '/postmaster.pid'));
-
-	return ($postmaster,
-		split(/\n/, $node->safe_psql('postgres', 'SELECT pid FROM pg_stat_activity')));
-}
-
-# Processes of a server whose postmaster was killed leave one by one, and a
-# new postmaster cannot start while they hold the shared memory.
-sub wait_for_exit
-{
-	my @pids = @_;
-
-	for (1 .. 600)
-	{
-		return unless grep { kill(0, $_) } @pids;
-		usleep(100_000);
-	}
-	BAIL_OUT('the processes of the killed server did not exit');
-}
-
 sub wait_for
 {
 	my ($check, $what) = @_;
@@ -319,4 +300,3 @@ sub wait_for
 	fail($what);
 }
 
-sub usleep { select(undef, undef, undef, $_[0] / 1_000_000); }
