@@ -3,7 +3,7 @@ MODULE_big = ledger
 OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
 EXTENSION = ledger ledger_proxy
 DATA = ledger--1.0.sql ledger--1.0--1.1.sql ledger--1.1--1.2.sql \
-	ledger--1.2--1.3.sql ledger_proxy--1.0.sql
+	ledger--1.2--1.3.sql ledger--1.3--1.4.sql ledger_proxy--1.0.sql
 PG_CPPFLAGS = -Iinclude
 PG_CFLAGS = -Werror -Wall -Wmissing-prototypes
 
@@ -41,7 +41,7 @@ installcheck-tap:
 	$(prove_installcheck)
 
 # A Debian package of the extension: make deb, then dpkg -i the file it names.
-DEB_VERSION = 1.3-1
+DEB_VERSION = 1.4-1
 DEB_ARCH = $(shell dpkg --print-architecture)
 DEB_FILE = postgresql-15-ledger_$(DEB_VERSION)_$(DEB_ARCH).deb
 .PHONY: deb

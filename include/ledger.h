@@ -111,12 +111,17 @@ typedef struct LedgerWorkerSlot
 	LedgerWorkerStats stats;
 } LedgerWorkerSlot;
 
+/* The spam guard's counters of pending events (guard.c): 512 kB. */
+#define LEDGER_GUARD_ROWS	2
+#define LEDGER_GUARD_SLOTS	65536
+
 typedef struct LedgerSharedState
 {
 	ConditionVariable batch_applied;
 	/* bumped by every committed ledger_set_limits(): workers reload limits */
 	pg_atomic_uint64 limits_generation;
 	LedgerWorkerSlot workers[LEDGER_MAX_BUCKETS];
+	pg_atomic_uint32 guard[LEDGER_GUARD_ROWS][LEDGER_GUARD_SLOTS];
 } LedgerSharedState;
 
 /* What one batch did. */
@@ -145,6 +150,12 @@ extern void ledger_wake_at_commit(int bucket);
 extern void ledger_wake_worker(int worker);
 extern void ledger_announce_batch(void);
 extern void ledger_limits_changed_at_commit(void);
+
+/* guard.c */
+extern void ledger_guard_check(int64 payer, int adding);
+extern void ledger_guard_add(int64 payer, int count);
+extern void ledger_guard_release(int64 payer);
+extern void ledger_guard_forget(void);
 
 /* stats.c */
 extern void ledger_set_state(int worker, LedgerWorkerState state);

@@ -302,6 +302,14 @@ ledger_apply_ready(int worker, uint64 limits_before, uint64 limits_after,
 	bool		in_cluster = is_1_2 && ledger_in_cluster();
 
 	my_worker = worker;
+
+	/*
+	 * A dropped extension took its queue along: nothing is pending any
+	 * more, whatever the spam guard counted.
+	 */
+	if (!OidIsValid(extension_oid) ||
+		(OidIsValid(ledger_extension_oid) && extension_oid != ledger_extension_oid))
+		ledger_guard_forget();
 	if (extension_oid != ledger_extension_oid || is_1_2 != schema_1_2 ||
 		in_cluster != cluster_mode)
 		ledger_apply_reset();
@@ -617,6 +625,14 @@ record_outcome(BatchOutput *out, QueuedEvent *ev, const char *reason)
 	ledger_bulk_add_row(out->events, slot);
 
 	out->done[out->ndone++] = ev->ctid;
+
+	/*
+	 * No longer pending for the spam guard.  Counted off before the commit
+	 * rather than after: should the batch fail, the event is left uncounted
+	 * (let through), where a worker dying after the commit would leave it
+	 * counted for good (refused).
+	 */
+	ledger_guard_release(ev->account_id);
 }
 
 /* The payees of an event that one credit entry or transit row carries. */

@@ -198,15 +198,12 @@ typedef struct AccountInfo
 	int		   *buckets;		/* bucket of ids[i]; -1: no such account,
 								 * -2: an account of another node */
 	int		   *currencies;		/* currency number of ids[i] */
-	int64	   *pending;		/* its pending events, counted up to the guard */
 	int			n;
 } AccountInfo;
 
 /*
- * Look up accounts given sorted and distinct: their buckets, currencies,
- * and pending events for the spam guard, counted up to
- * ledger.max_pending_per_account (none when it is 0).  Before 1.2 every
- * account is in currency 0 and nothing is counted.  Called inside SPI.
+ * Look up accounts given sorted and distinct: their buckets and currencies.
+ * Before 1.2 every account is in currency 0.  Called inside SPI.
  */
 static void
 lookup_buckets(AccountInfo *info)
@@ -217,49 +214,40 @@ lookup_buckets(AccountInfo *info)
 	bool		has_holds = ledger_schema_has_holds();
 	bool		in_cluster = has_holds && ledger_in_cluster();
 	SPIPlanPtr	chosen;
-	Oid			argtypes[3] = {INT8ARRAYOID, INT8OID, INT4OID};
-	Datum		args[3];
+	Oid			argtypes[2] = {INT8ARRAYOID, INT4OID};
+	Datum		args[2];
 	uint64		row;
 	int			i;
 
 	/* in a cluster, the accounts of other nodes are found in the directory */
 	if (in_cluster)
 		chosen = ledger_prepare_plan(&plan_cluster,
-									 "SELECT a.id, a.bucket, a.currency,"
-									 "       (SELECT count(*) FROM (SELECT FROM ledger.queue q"
-									 "                               WHERE q.account_id = a.id"
-									 "                               LIMIT $2) p)"
+									 "SELECT a.id, a.bucket, a.currency"
 									 "  FROM ledger.accounts a"
 									 " WHERE a.id = ANY ($1)"
 									 " UNION ALL"
-									 " SELECT d.account_id, -2, COALESCE(c.no, -1), 0"
+									 " SELECT d.account_id, -2, COALESCE(c.no, -1)"
 									 "   FROM ledger.directory d"
 									 "   LEFT JOIN ledger.currencies c ON c.code = d.currency"
-									 "  WHERE d.account_id = ANY ($1) AND d.node_id <> $3",
-									 3, argtypes);
+									 "  WHERE d.account_id = ANY ($1) AND d.node_id <> $2",
+									 2, argtypes);
 	else if (has_holds)
 		chosen = ledger_prepare_plan(&plan,
-							"SELECT a.id, a.bucket, a.currency,"
-							"       (SELECT count(*) FROM (SELECT FROM ledger.queue q"
-							"                               WHERE q.account_id = a.id"
-							"                               LIMIT $2) p)"
-							"  FROM ledger.accounts a"
+							"SELECT a.id, a.bucket, a.currency FROM ledger.accounts a"
 							" WHERE a.id = ANY ($1)",
-							2, argtypes);
+							1, argtypes);
 	else
 		chosen = ledger_prepare_plan(&plan_1_1,
-									 "SELECT a.id, a.bucket, 0, 0::bigint FROM ledger.accounts a"
+									 "SELECT a.id, a.bucket, 0 FROM ledger.accounts a"
 									 " WHERE a.id = ANY ($1)",
 									 1, argtypes);
 	args[0] = bigint_array(info->ids, info->n);
-	args[1] = Int64GetDatum(ledger_max_pending_per_account);
-	args[2] = Int32GetDatum(ledger_node_id);
+	args[1] = Int32GetDatum(ledger_node_id);
 	if (SPI_execute_plan(chosen, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up accounts");
 
 	info->buckets = palloc(sizeof(int) * Max(info->n, 1));
 	info->currencies = palloc0(sizeof(int) * Max(info->n, 1));
-	info->pending = palloc0(sizeof(int64) * Max(info->n, 1));
 	for (i = 0; i < info->n; i++)
 		info->buckets[i] = -1;
 	for (row = 0; row < SPI_processed; row++)
@@ -273,7 +261,6 @@ lookup_buckets(AccountInfo *info)
 
 		info->buckets[k] = DatumGetInt32(SPI_getbinval(tuple, desc, 2, &isnull));
 		info->currencies[k] = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
-		info->pending[k] = DatumGetInt64(SPI_getbinval(tuple, desc, 4, &isnull));
 	}
 }
 
@@ -356,11 +343,10 @@ lookup_account_set(int64 *ids, int n)
 /*
  * Check that the given accounts exist, raising an error naming the first
  * that does not, and that they hold one currency; return the bucket of the
- * first, the paying account, and set *pending to its pending events.
- * Called inside SPI.
+ * first, the paying account.  Called inside SPI.
  */
 static int
-lookup_accounts(int64 *ids, int n, int64 *pending)
+lookup_accounts(int64 *ids, int n)
 {
 	AccountInfo *info = lookup_account_set(ids, n);
 	int			i;
@@ -369,26 +355,7 @@ lookup_accounts(int64 *ids, int n, int64 *pending)
 		(void) bucket_of(info, ids[i]);
 	for (i = 1; i < n; i++)
 		check_same_currency(info, ids[0], ids[i]);
-	*pending = info->pending[account_index(info, ids[0])];
 	return payer_bucket(info, ids[0]);
-}
-
-/*
- * The spam guard: refuse a payer with pending events already counted
- * (up to the setting) more than ledger.max_pending_per_account with the
- * adding ones.
- */
-static void
-check_pending(int64 payer, int64 pending, int adding)
-{
-	if (ledger_max_pending_per_account > 0 &&
-		pending + adding > ledger_max_pending_per_account)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("account " INT64_FORMAT " has too many events pending", payer),
-				 errdetail("At most %d events of one paying account may wait to be applied (ledger.max_pending_per_account).",
-						   ledger_max_pending_per_account),
-				 errhint("Retry once some are applied.")));
 }
 
 /* The sequence event ids are drawn from. */
@@ -505,12 +472,12 @@ claim_idempotency_keys(text **keys, int64 *ids, int n)
 
 /*
  * Append a movement to its bucket's queue and return its event id, or the id
- * of the earlier event that used the same idempotency key.  A new event of a
- * payer with pending events, if counted (-1: not), passes the spam guard
- * first.
+ * of the earlier event that used the same idempotency key.  A new event
+ * passes the spam guard first if guarded: posts and voids are not, since
+ * they end holds rather than add to what the payer owes.
  */
 static int64
-enqueue(Movement *m, int bucket, int64 pending)
+enqueue(Movement *m, int bucket, bool guarded)
 {
 	static SPIPlanPtr plan = NULL;
 	static SPIPlanPtr plan_1_1 = NULL;
@@ -524,8 +491,8 @@ enqueue(Movement *m, int bucket, int64 pending)
 	if (m->idempotency_key != NULL &&
 		!claim_idempotency_keys(&m->idempotency_key, &event_id, 1)[0])
 		return event_id;
-	if (pending >= 0)
-		check_pending(m->account_id, pending, 1);
+	if (guarded)
+		ledger_guard_check(m->account_id, 1);
 
 	if (has_holds)
 		ledger_prepare_plan(&plan,
@@ -565,6 +532,7 @@ enqueue(Movement *m, int bucket, int64 pending)
 	if (SPI_execute_plan(has_holds ? plan : plan_1_1, values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not enqueue event");
 
+	ledger_guard_add(m->account_id, 1);
 	ledger_wake_at_commit(bucket);
 	return event_id;
 }
@@ -772,13 +740,12 @@ ledger_open_account(PG_FUNCTION_ARGS)
 static int64
 enqueue_movement(Movement *m, int64 *ids, int n)
 {
-	int64		pending;
 	int			bucket;
 	int64		event_id;
 
 	SPI_connect();
-	bucket = lookup_accounts(ids, n, &pending);
-	event_id = enqueue(m, bucket, pending);
+	bucket = lookup_accounts(ids, n);
+	event_id = enqueue(m, bucket, true);
 	SPI_finish();
 	return event_id;
 }
@@ -1029,7 +996,7 @@ ledger_post(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	bucket = find_hold(PG_GETARG_INT64(0), &m);
-	event_id = enqueue(&m, bucket, -1);
+	event_id = enqueue(&m, bucket, false);
 	SPI_finish();
 	PG_RETURN_INT64(event_id);
 }
@@ -1050,7 +1017,7 @@ ledger_void(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	bucket = find_hold(PG_GETARG_INT64(0), &m);
-	event_id = enqueue(&m, bucket, -1);
+	event_id = enqueue(&m, bucket, false);
 	SPI_finish();
 	PG_RETURN_INT64(event_id);
 }
@@ -1078,7 +1045,6 @@ ledger_set_limits(PG_FUNCTION_ARGS)
 	Datum		values[4];
 	char		nulls[4];
 	int64		account_id;
-	int64		pending;
 	int			i;
 
 	require_arg(fcinfo, 0, "account_id");
@@ -1089,7 +1055,7 @@ ledger_set_limits(PG_FUNCTION_ARGS)
 	check_limit(fcinfo, 3, "daily_debit_limit");
 
 	SPI_connect();
-	(void) lookup_accounts(&account_id, 1, &pending);
+	(void) lookup_accounts(&account_id, 1);
 	ledger_prepare_plan(&plan,
 						"INSERT INTO ledger.limits (account_id, overdraft_limit,"
 						" max_amount, daily_debit_limit, set_at)"
@@ -1228,7 +1194,7 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 	}
 	element = 0;
 
-	/* every account involved, its bucket, currency and pending events */
+	/* every account involved, its bucket and currency */
 	involved = palloc(sizeof(int64) * 2 * n);
 	memcpy(involved, from, sizeof(int64) * n);
 	memcpy(involved + n, to, sizeof(int64) * n);
@@ -1288,8 +1254,7 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 		int			lbs[1] = {1};
 
 		for (i = 0; i < npayers; i++)
-			check_pending(payers[i], info->pending[account_index(info, payers[i])],
-						  adding[i]);
+			ledger_guard_check(payers[i], adding[i]);
 		args[0] = PointerGetDatum(construct_array(columns[0], nqueued, INT4OID, 4,
 												  true, TYPALIGN_INT));
 		for (i = 1; i < 5; i++)
@@ -1321,6 +1286,8 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 		if (SPI_execute_plan(metadata ? queue_metadata_plan : queue_plan,
 							 args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not enqueue transfers");
+		for (i = 0; i < npayers; i++)
+			ledger_guard_add(payers[i], adding[i]);
 	}
 	SPI_finish();
 	error_context_stack = errcallback.previous;

@@ -217,6 +217,8 @@ ledger_shmem_startup(void)
 		pg_atomic_init_u64(&ledger_shared->limits_generation, 0);
 		for (i = 0; i < LEDGER_MAX_BUCKETS; i++)
 			SpinLockInit(&ledger_shared->workers[i].mutex);
+		for (i = 0; i < LEDGER_GUARD_ROWS * LEDGER_GUARD_SLOTS; i++)
+			pg_atomic_init_u32(&ledger_shared->guard[i / LEDGER_GUARD_SLOTS][i % LEDGER_GUARD_SLOTS], 0);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }

@@ -90,6 +90,29 @@ SELECT ledger_transfer(9201, 9202, 1);
 -- an idempotent retry of a queued event is not a new one
 SELECT ledger_transfer(9201, 9202, 1, 'guard-key') = :g3 AS same_event;
 SELECT ledger_transfer_many('{9203,9201}', '{9202,9202}', '{1,1}');
+-- what a transaction or savepoint rolls back is not counted, nor what a
+-- transaction prepares
+BEGIN;
+SELECT cardinality(ledger_transfer_many('{9203,9203}', '{9202,9202}', '{1,1}'));
+ROLLBACK;
+BEGIN;
+SELECT ledger_transfer(9203, 9202, 1) > 0 AS queued;
+SAVEPOINT s;
+SELECT ledger_transfer(9203, 9202, 1) > 0 AS queued;
+SAVEPOINT s2;
+SELECT ledger_transfer(9203, 9202, 1) > 0 AS queued;
+RELEASE s2;
+ROLLBACK TO s;
+-- one left: two more pass, three do not
+SAVEPOINT s3;
+SELECT ledger_transfer_many('{9203,9203,9203}', '{9202,9202,9202}', '{1,1,1}');
+ROLLBACK TO s3;
+SELECT cardinality(ledger_transfer_many('{9203,9203}', '{9202,9202}', '{1,1}'));
+ROLLBACK;
+BEGIN;
+SELECT cardinality(ledger_transfer_many('{9203,9203,9203}', '{9202,9202,9202}', '{1,1,1}'));
+PREPARE TRANSACTION 'ledger_guard';
+ROLLBACK PREPARED 'ledger_guard';
 -- other payers are not held up
 SELECT ledger_transfer_many('{9203,9203,9203}', '{9202,9202,9202}', '{1,1,1}') AS g4 \gset
 SELECT ledger_transfer_many('{9203}', '{9202}', '{1}');

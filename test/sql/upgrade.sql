@@ -65,5 +65,26 @@ SELECT * FROM ledger_verify();
 SELECT count(*) AS directory FROM ledger.directory;
 SELECT ledger_cluster_init();
 
+-- 1.3 -> 1.4: the queue loses the indexes the spam guard and the metadata
+-- search used; both still work, with an event pending across the update
+SELECT ledger_pause(0);
+SELECT ledger_transfer(8002, 8003, 7, metadata => '{"pending": "across 1.4"}') AS q \gset
+ALTER EXTENSION ledger UPDATE TO '1.4';
+SELECT extversion FROM pg_extension WHERE extname = 'ledger';
+SELECT indexrelid::regclass AS queue_index FROM pg_index
+ WHERE indrelid = 'ledger.queue'::regclass ORDER BY 1;
+SELECT event_id = :q AS found, status FROM ledger_find_events('{"pending": "across 1.4"}');
+SET ledger.max_pending_per_account = 1;
+SELECT ledger_transfer(8002, 8003, 1);
+RESET ledger.max_pending_per_account;
+SELECT ledger_resume(0);
+SELECT ledger_wait(:q, 30000);
+SELECT event_id = :q AS found, status FROM ledger_find_events('{"pending": "across 1.4"}');
+-- applied, it no longer counts
+SET ledger.max_pending_per_account = 1;
+SELECT ledger_transfer(8002, 8003, 1) > :q AS accepted;
+RESET ledger.max_pending_per_account;
+SELECT * FROM ledger_verify();
+
 -- leave the database to the next test without the extension
 DROP EXTENSION ledger;
