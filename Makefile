@@ -18,7 +18,8 @@ REGRESS_OPTS = --inputdir=test --outputdir=test \
 	--temp-config=test/ledger.conf --temp-instance=test/tmp_check
 
 ISOLATION = idempotency_race out_of_order_commit rollback_enqueue \
-	drain_one_account consistent_reads hold_races_debits post_races_expiry
+	drain_one_account consistent_reads hold_races_debits post_races_expiry \
+	guard_concurrent
 ISOLATION_OPTS = --inputdir=test --outputdir=output_iso \
 	--temp-config=test/ledger.conf --temp-instance=test/tmp_check_iso
 
