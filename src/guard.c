@@ -6,8 +6,8 @@
  * ledger.max_pending_per_account caps the events of one payer that may wait
  * in the queue.  Counting them there would take an index on the queue's
  * payer column, and every enqueue would pay for it: on a queue that has
- * churned through a million events, that index alone cost a quarter of
- * enqueue throughput.  So the counts live in shared memory instead, as a
+ * churned through a million events, that index alone cost over a quarter
+ * of enqueue throughput.  So the counts live in shared memory instead, as a
  * count-min sketch: LEDGER_GUARD_ROWS rows of LEDGER_GUARD_SLOTS counters,
  * each payer hashed to one counter per row.  An enqueue adds its events to
  * the payer's counters as it queues them; the worker that applies or
@@ -18,14 +18,16 @@
  *
  * Every event is counted, whether or not the guard is on, so that turning
  * it on needs no recount.  Where the counts cannot be exact they err on
- * the side of letting events through, and each error heals once the payer
- * has nothing pending, because a counter never goes below zero:
+ * the side of letting events through, and the error heals as the queue
+ * empties, because a counter never goes below zero:
  * - shared memory starts empty, so events pending across a server restart
  *   are not counted;
  * - the events of a PREPAREd transaction are not counted;
  * - a worker batch that fails after subtracting leaves its events
  *   uncounted when they are applied again;
- * - counts are forgotten while the extension does not exist (worker.c).
+ * - counts are forgotten when the extension is dropped or created anew
+ *   (ledger_apply_ready()), also those of events enqueued in the new one
+ *   before a worker noticed.
  *
  * Only the events of ledger.database are counted: those of any other
  * database have no worker, and would stay counted for good.
