@@ -144,6 +144,7 @@ extern bool ledger_valid_currency_code(const char *code);
 extern SPIPlanPtr ledger_prepare_plan(SPIPlanPtr *plan, const char *sql,
 									  int nargs, Oid *argtypes);
 extern void ledger_free_plan(SPIPlanPtr *plan);
+extern Datum ledger_bigint_array(Datum *values, int n);
 
 /* wait.c */
 extern void ledger_wake_at_commit(int bucket);
@@ -152,6 +153,7 @@ extern void ledger_announce_batch(void);
 extern void ledger_limits_changed_at_commit(void);
 
 /* guard.c */
+extern void ledger_guard_init(void);
 extern void ledger_guard_check(int64 payer, int adding);
 extern void ledger_guard_add(int64 payer, int count);
 extern void ledger_guard_release(int64 payer);

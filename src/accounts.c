@@ -200,13 +200,6 @@ new_account(int64 id)
 	return acct;
 }
 
-static Datum
-bigint_array(Datum *values, int n)
-{
-	return PointerGetDatum(construct_array(values, n, INT8OID, 8,
-										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-}
-
 /*
  * In a cluster, the accounts of other nodes that the batch pays: from the
  * directory, as accounts this worker does not own, on their node.
@@ -222,7 +215,7 @@ load_remote_accounts(Datum *wanted, int nwanted)
 						"SELECT d.account_id, d.node_id, d.currency FROM ledger.directory d"
 						" WHERE d.account_id = ANY ($1) AND d.node_id <> $2",
 						2, argtypes);
-	args[0] = bigint_array(wanted, nwanted);
+	args[0] = ledger_bigint_array(wanted, nwanted);
 	args[1] = Int32GetDatum(ledger_node_id);
 	if (SPI_execute_plan(directory_plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the directory of accounts");
@@ -311,7 +304,7 @@ ledger_load_accounts(int64 *ids, int nids, int worker, bool schema_1_2,
 							"         ORDER BY b.last_txn_id DESC LIMIT 1) b ON true"
 							" WHERE a.id = ANY ($1)",
 							1, &argtype);
-	arg = bigint_array(wanted, nwanted);
+	arg = ledger_bigint_array(wanted, nwanted);
 	if (SPI_execute_plan(schema_1_2 ? load_plan : load_plan_1_1,
 						 &arg, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not load accounts");

@@ -669,12 +669,8 @@ gather_credit(QueuedEvent *ev, AccountState **payees, int first, bool *done)
 		done[p] = true;
 		n++;
 	}
-	share.to_accounts = PointerGetDatum(construct_array(to, n, INT8OID, 8,
-														FLOAT8PASSBYVAL,
-														TYPALIGN_DOUBLE));
-	share.amounts = PointerGetDatum(construct_array(amounts, n, INT8OID, 8,
-													FLOAT8PASSBYVAL,
-													TYPALIGN_DOUBLE));
+	share.to_accounts = ledger_bigint_array(to, n);
+	share.amounts = ledger_bigint_array(amounts, n);
 	return share;
 }
 

@@ -187,8 +187,7 @@ bigint_array(int64 *values, int n)
 
 	for (i = 0; i < n; i++)
 		elems[i] = Int64GetDatum(values[i]);
-	return PointerGetDatum(construct_array(elems, n, INT8OID, 8,
-										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	return ledger_bigint_array(elems, n);
 }
 
 /* What enqueueing needs to know of the accounts a call names. */
@@ -1258,8 +1257,7 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 		args[0] = PointerGetDatum(construct_array(columns[0], nqueued, INT4OID, 4,
 												  true, TYPALIGN_INT));
 		for (i = 1; i < 5; i++)
-			args[i] = PointerGetDatum(construct_array(columns[i], nqueued, INT8OID, 8,
-													  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+			args[i] = ledger_bigint_array(columns[i], nqueued);
 		if (metadata == NULL)
 			ledger_prepare_plan(&queue_plan,
 								"INSERT INTO ledger.queue (bucket, seq, id, kind, account_id,"

@@ -237,6 +237,18 @@ ledger_guard_release(int64 payer)
 		payer_sub(payer, 1);
 }
 
+/* Set up the counters in new shared memory. */
+void
+ledger_guard_init(void)
+{
+	int			row;
+	int			slot;
+
+	for (row = 0; row < LEDGER_GUARD_ROWS; row++)
+		for (slot = 0; slot < LEDGER_GUARD_SLOTS; slot++)
+			pg_atomic_init_u32(&ledger_shared->guard[row][slot], 0);
+}
+
 /* Forget every count: the extension, and so its queue, is gone. */
 void
 ledger_guard_forget(void)

@@ -217,8 +217,7 @@ ledger_shmem_startup(void)
 		pg_atomic_init_u64(&ledger_shared->limits_generation, 0);
 		for (i = 0; i < LEDGER_MAX_BUCKETS; i++)
 			SpinLockInit(&ledger_shared->workers[i].mutex);
-		for (i = 0; i < LEDGER_GUARD_ROWS * LEDGER_GUARD_SLOTS; i++)
-			pg_atomic_init_u32(&ledger_shared->guard[i / LEDGER_GUARD_SLOTS][i % LEDGER_GUARD_SLOTS], 0);
+		ledger_guard_init();
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -246,6 +245,14 @@ ledger_prepare_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
 		*plan = p;
 	}
 	return *plan;
+}
+
+/* A bigint[] of the Datums given. */
+Datum
+ledger_bigint_array(Datum *values, int n)
+{
+	return PointerGetDatum(construct_array(values, n, INT8OID, 8,
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }
 
 /* Free a plan ledger_prepare_plan() kept, if there is one. */
