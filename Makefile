@@ -3,8 +3,11 @@ MODULE_big = ledger
 OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
 EXTENSION = ledger ledger_proxy
 DATA = ledger--1.0.sql ledger--1.0--1.1.sql ledger--1.1--1.2.sql \
-	ledger--1.2--1.3.sql ledger--1.3--1.4.sql ledger_proxy--1.0.sql
-PG_CPPFLAGS = -Iinclude
+	ledger--1.2--1.3.sql ledger--1.3--1.4.sql ledger--1.4--1.5.sql \
+	ledger_proxy--1.0.sql ledger_proxy--1.0--1.1.sql
+# the library's version is the extension's default one
+LEDGER_VERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" ledger.control)
+PG_CPPFLAGS = -Iinclude -DLEDGER_VERSION='"$(LEDGER_VERSION)"'
 PG_CFLAGS = -Werror -Wall -Wmissing-prototypes
 
 # Every suite starts its own server with test/ledger.conf (pg_regress and
@@ -30,7 +33,7 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-$(OBJS): include/ledger.h include/apply.h
+$(OBJS): include/ledger.h include/apply.h include/enqueue.h
 
 # One target per suite, so that scripts/test.sh can run and report each.
 .PHONY: installcheck-regress installcheck-isolation installcheck-tap
@@ -42,7 +45,7 @@ installcheck-tap:
 	$(prove_installcheck)
 
 # A Debian package of the extension: make deb, then dpkg -i the file it names.
-DEB_VERSION = 1.4-1
+DEB_VERSION = $(LEDGER_VERSION)-1
 DEB_ARCH = $(shell dpkg --print-architecture)
 DEB_FILE = postgresql-15-ledger_$(DEB_VERSION)_$(DEB_ARCH).deb
 .PHONY: deb

@@ -24,6 +24,9 @@
 /* The debits of an account over the last 24 hours (accounts.c). */
 typedef struct DebitWindow DebitWindow;
 
+/* What the accounts of a bucket owe in a currency (accounts.c). */
+typedef struct Supply Supply;
+
 /* What this worker knows of an account. */
 typedef struct AccountState
 {
@@ -43,6 +46,8 @@ typedef struct AccountState
 	int64		max_amount;
 	int64		daily_debit_limit;
 	DebitWindow *window;		/* when there is a daily debit limit */
+	Supply	   *supply;			/* its bucket's and currency's, if owned */
+	bool		held_changed;	/* held changed in this batch */
 	/* an account of another node of a cluster: not owned, bucket -1 */
 	int32		node;			/* or 0: this node's */
 	char		currency_code[LEDGER_MAX_CURRENCY_LENGTH + 1];
@@ -66,8 +71,11 @@ typedef struct HoldState
 extern void ledger_accounts_reset(void);
 extern AccountState *ledger_find_account(int64 account_id);
 extern void ledger_load_accounts(int64 *ids, int nids, int worker,
-								 bool schema_1_2, bool in_cluster,
-								 TimestampTz now);
+								 bool in_cluster, TimestampTz now);
+extern void ledger_supply_load(int worker);
+extern void ledger_supply_reset(void);
+extern void ledger_account_set(AccountState *acct, int64 balance, int64 held);
+extern AccountState **ledger_accounts_held_changed(int *n);
 extern bool ledger_can_debit(AccountState *acct, int64 amount, TimestampTz now,
 							 const char **reason);
 extern bool ledger_can_credit(AccountState *acct, int64 amount,

@@ -14,6 +14,7 @@
 #define LEDGER_H
 
 #include "executor/spi.h"
+#include "fmgr.h"
 #include "executor/tuptable.h"
 #include "port/atomics.h"
 #include "storage/condition_variable.h"
@@ -46,14 +47,76 @@
 
 /*
  * The external account that balances the deposits and withdrawals of a
- * bucket in one currency (numbered as in ledger.currencies).  Currency 0's
- * are the external accounts of 1.0, one per bucket.
+ * bucket in one currency (numbered as in ledger.currencies), and back.
+ * Currency 0's are the external accounts of 1.0, one per bucket.  SQL has
+ * the same formula as ledger.external_account().
  */
 #define LEDGER_EXTERNAL_ACCOUNT(bucket, currency) \
 	(-1 - (int64) (bucket) - (int64) LEDGER_MAX_BUCKETS * (currency))
+#define LEDGER_EXTERNAL_BUCKET(account_id) \
+	((int) ((-1 - (account_id)) % LEDGER_MAX_BUCKETS))
+#define LEDGER_EXTERNAL_CURRENCY(account_id) \
+	((int) ((-1 - (account_id)) / LEDGER_MAX_BUCKETS))
 
 /* Longest currency code, in bytes. */
 #define LEDGER_MAX_CURRENCY_LENGTH	16
+
+/* Longest idempotency key, in bytes: keys are kept in a btree. */
+#define LEDGER_MAX_KEY_LENGTH	256
+
+/*
+ * What the accounts of one bucket may owe, per currency: the sum of what
+ * their open holds and negative balances take beyond their money.  A node
+ * has at most LEDGER_MAX_BUCKETS buckets and a cluster at most 1024 nodes,
+ * so all the accounts of a currency together owe less than 2^63, the
+ * money they hold is as much, and no balance can overflow.
+ */
+#define LEDGER_BUCKET_SUPPLY	((INT64CONST(1) << 47) - 1)
+
+/* SQLSTATE of an idempotency key used again for another request. */
+#define ERRCODE_LEDGER_KEY_REUSED	MAKE_SQLSTATE('2','3','L','0','1')
+
+/*
+ * The schema the library finds in the database: it serves its own
+ * version's only.
+ */
+typedef enum LedgerSchema
+{
+	LEDGER_SCHEMA_NONE,			/* no extension */
+	LEDGER_SCHEMA_OLDER,		/* waiting for ALTER EXTENSION ledger UPDATE */
+	LEDGER_SCHEMA_CURRENT
+} LedgerSchema;
+
+/*
+ * A request an idempotency key may name: its kind, and digests of its
+ * parts (keys.c).
+ */
+typedef enum LedgerRequestPart
+{
+	LEDGER_REQUEST_ACCOUNTS,
+	LEDGER_REQUEST_AMOUNTS,
+	LEDGER_REQUEST_HOLD,		/* a post's or void's hold; a hold's timeout */
+	LEDGER_REQUEST_METADATA,
+	LEDGER_REQUEST_PARTS
+} LedgerRequestPart;
+
+#define LEDGER_REQUEST_PART_SIZE	8
+#define LEDGER_REQUEST_SIZE		(LEDGER_REQUEST_PARTS * LEDGER_REQUEST_PART_SIZE)
+
+typedef struct KeyedRequest
+{
+	text	   *key;			/* or NULL */
+	char		kind;
+	uint8		request[LEDGER_REQUEST_SIZE];
+} KeyedRequest;
+
+/* An enqueue function running as the extension's owner (caller.c). */
+typedef struct LedgerCall
+{
+	Oid			caller;			/* current_user when it was called */
+	Oid			save_userid;
+	int			save_sec_context;
+} LedgerCall;
 
 /* GUCs (ledger.c) */
 extern char *ledger_database;
@@ -78,6 +141,7 @@ typedef enum LedgerWorkerState
 {
 	LEDGER_STATE_STOPPED = 0,
 	LEDGER_STATE_WAITING,		/* for the extension to be created */
+	LEDGER_STATE_OUTDATED,		/* for the extension to be updated */
 	LEDGER_STATE_IDLE,
 	LEDGER_STATE_APPLYING,
 	LEDGER_STATE_PAUSED
@@ -132,19 +196,39 @@ typedef struct LedgerBatchCounts
 	int			rejected;		/* events rejected */
 	int			credits;		/* credit entries posted */
 	int			expired;		/* holds expired */
+	int			deferred;		/* entries left queued: credits held back,
+								 * events waiting for a credit */
 } LedgerBatchCounts;
 
 extern LedgerSharedState *ledger_shared;
 
 /* ledger.c */
 extern int	ledger_worker_of_bucket(int bucket);
-extern bool ledger_schema_has_holds(void);
+extern Oid	ledger_extension_oid(void);
+extern LedgerSchema ledger_schema(void);
+extern void ledger_require_schema(void);
 extern bool ledger_in_cluster(void);
+extern const char *ledger_kind_name(char kind);
 extern bool ledger_valid_currency_code(const char *code);
 extern SPIPlanPtr ledger_prepare_plan(SPIPlanPtr *plan, const char *sql,
 									  int nargs, Oid *argtypes);
 extern void ledger_free_plan(SPIPlanPtr *plan);
 extern Datum ledger_bigint_array(Datum *values, int n);
+
+/* caller.c */
+extern void ledger_call_begin(FunctionCallInfo fcinfo, LedgerCall *call);
+extern void ledger_call_end(LedgerCall *call);
+extern void ledger_check_debit(LedgerCall *call, int64 account_id, Oid owner);
+
+/* keys.c */
+extern void ledger_request_part(KeyedRequest *req, LedgerRequestPart part,
+								const void *data, size_t len);
+extern bool *ledger_claim_keys(Oid role, KeyedRequest *reqs, int64 *ids, int n,
+							   int *element);
+
+/* order.c */
+extern void ledger_note_credit(int64 account_id, int64 event_id);
+extern int64 ledger_credited_from(int64 account_id);
 
 /* wait.c */
 extern void ledger_wake_at_commit(int bucket);
@@ -155,6 +239,7 @@ extern void ledger_limits_changed_at_commit(void);
 /* guard.c */
 extern void ledger_guard_init(void);
 extern void ledger_guard_check(int64 payer, int adding);
+extern uint32 ledger_guard_count(int64 key);
 extern void ledger_guard_add(int64 payer, int count);
 extern void ledger_guard_release(int64 payer);
 extern void ledger_guard_forget(void);
@@ -177,8 +262,8 @@ extern void ledger_bulk_delete(Oid relid, ItemPointerData *tids, int ntids);
 extern void ledger_bulk_reset(void);
 
 /* apply.c */
-extern bool ledger_apply_ready(int worker, uint64 limits_before,
-							   uint64 limits_after, int *nbuckets);
+extern LedgerSchema ledger_apply_ready(int worker, uint64 limits_before,
+									   uint64 limits_after, int *nbuckets);
 extern void ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts);
 extern void ledger_apply_reset(void);
 

@@ -4,11 +4,23 @@
  *	  The bucket worker's account cache, and the checks of a debit.
  *
  * An account is loaded the first time a batch names it: its flags and
- * currency, its newest leg and breakpoint, its open holds, its limits and,
- * when it has a daily debit limit, its debits of the last 24 hours.  From
+ * currency, its newest leg and breakpoint, the running total of its open
+ * holds, its limits and, when it has a daily debit limit, its debits of the
+ * last 24 hours: a handful of index probes, however long its history.  From
  * then on the worker keeps all of it up to date itself.  Changed limits
  * empty the cache (apply.c): the accounts are loaded again, limits with
  * them.
+ *
+ * The supply bound.  What an account owes is what its open holds and a
+ * negative balance take beyond its money: max(0, held - balance).  Only
+ * accounts that may go negative (external ones, allow_negative, an
+ * overdraft limit) ever owe anything.  The worker keeps, per bucket and
+ * currency, the total its accounts owe, and rejects a debit or hold that
+ * would take it past LEDGER_BUCKET_SUPPLY ("supply_limit").  Credits only
+ * lower it.  Since every bucket of every node is bound so, the money a
+ * currency holds, which is what its accounts owe, stays below 2^63: no
+ * balance and no credit in flight can overflow, whatever the order in which
+ * events are decided.
  *
  *-------------------------------------------------------------------------
  */
@@ -45,8 +57,28 @@ struct DebitWindow
 static HTAB *account_cache = NULL;
 static MemoryContext cache_context = NULL;
 
+/* What the accounts of one bucket owe in one currency. */
+typedef struct SupplyKey
+{
+	int32		bucket;
+	int32		currency;
+} SupplyKey;
+
+struct Supply
+{
+	SupplyKey	key;
+	int128		owed;
+};
+
+/* Kept apart from the accounts: forgetting them must not forget this. */
+static HTAB *supply = NULL;
+
+/* The accounts whose open holds changed in the current batch. */
+static AccountState **held_changed = NULL;
+static int	nheld_changed = 0;
+static int	max_held_changed = 0;
+
 static SPIPlanPtr load_plan = NULL;
-static SPIPlanPtr load_plan_1_1 = NULL;
 static SPIPlanPtr window_plan = NULL;
 static SPIPlanPtr directory_plan = NULL;
 
@@ -58,8 +90,8 @@ ledger_accounts_reset(void)
 		MemoryContextDelete(cache_context);
 	cache_context = NULL;
 	account_cache = NULL;
+	nheld_changed = 0;
 	ledger_free_plan(&load_plan);
-	ledger_free_plan(&load_plan_1_1);
 	ledger_free_plan(&window_plan);
 	ledger_free_plan(&directory_plan);
 }
@@ -173,7 +205,7 @@ load_window(AccountState *acct, TimestampTz now)
 	return w;
 }
 
-/* Loading */
+/* The supply bound */
 
 static int64
 int64_or(HeapTuple row, TupleDesc desc, int column, int64 otherwise)
@@ -183,6 +215,150 @@ int64_or(HeapTuple row, TupleDesc desc, int column, int64 otherwise)
 
 	return isnull ? otherwise : DatumGetInt64(value);
 }
+
+
+/* What an account owes: what its holds and debits take beyond its money. */
+static int128
+owed(int64 balance, int64 held)
+{
+	int128		beyond = (int128) held - balance;
+
+	return beyond > 0 ? beyond : 0;
+}
+
+static Supply *
+supply_of(int bucket, int currency)
+{
+	SupplyKey	key;
+	Supply	   *entry;
+	bool		found;
+
+	if (supply == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(SupplyKey);
+		ctl.entrysize = sizeof(Supply);
+		ctl.hcxt = TopMemoryContext;
+		supply = hash_create("ledger supply", 64, &ctl,
+							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	memset(&key, 0, sizeof(key));
+	key.bucket = bucket;
+	key.currency = currency;
+	entry = hash_search(supply, &key, HASH_ENTER, &found);
+	if (!found)
+		entry->owed = 0;
+	return entry;
+}
+
+/*
+ * Count what the accounts of the worker's buckets owe, from the accounts
+ * that may owe anything.  Once per installation, as the worker starts.
+ * Called inside SPI.
+ */
+void
+ledger_supply_load(int worker)
+{
+	Oid			argtypes[2] = {INT4OID, INT4OID};
+	Datum		args[2];
+	uint64		i;
+
+	ledger_supply_reset();
+	args[0] = Int32GetDatum(ledger_buckets);
+	args[1] = Int32GetDatum(worker);
+	if (SPI_execute_with_args("SELECT a.bucket, a.currency, t.balance_after, h.held"
+							  "  FROM ledger.accounts a"
+							  "  LEFT JOIN LATERAL"
+							  "       (SELECT t.balance_after FROM ledger.transactions t"
+							  "         WHERE t.account_id = a.id"
+							  "         ORDER BY t.id DESC LIMIT 1) t ON true"
+							  "  LEFT JOIN LATERAL"
+							  "       (SELECT h.held FROM ledger.account_holds h"
+							  "         WHERE h.account_id = a.id"
+							  "         ORDER BY h.id DESC LIMIT 1) h ON true"
+							  " WHERE a.bucket % $1 = $2"
+							  "   AND (a.allow_negative"
+							  "        OR EXISTS (SELECT FROM ledger.limits l"
+							  "                    WHERE l.account_id = a.id))",
+							  2, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not count what the accounts of worker %d owe", worker);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Supply	   *s;
+
+		s = supply_of(DatumGetInt32(SPI_getbinval(row, desc, 1, &isnull)),
+					  DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull)));
+		s->owed += owed(int64_or(row, desc, 3, 0), int64_or(row, desc, 4, 0));
+	}
+}
+
+void
+ledger_supply_reset(void)
+{
+	if (supply)
+		hash_destroy(supply);
+	supply = NULL;
+}
+
+/*
+ * Would the account's bucket still owe no more than the bound, were its
+ * balance and open holds these?
+ */
+static bool
+within_supply(AccountState *acct, int64 balance, int64 held)
+{
+	int128		more = owed(balance, held) - owed(acct->balance, acct->held);
+
+	return more <= 0 || acct->supply->owed + more <= LEDGER_BUCKET_SUPPLY;
+}
+
+/*
+ * Set an owned account's balance and open holds, keeping what its bucket
+ * owes, and noting a change of its holds for ledger.account_holds.
+ */
+void
+ledger_account_set(AccountState *acct, int64 balance, int64 held)
+{
+	Assert(acct->owned);
+	acct->supply->owed += owed(balance, held) - owed(acct->balance, acct->held);
+	if (held != acct->held && !acct->held_changed)
+	{
+		if (nheld_changed == max_held_changed)
+		{
+			max_held_changed = Max(64, max_held_changed * 2);
+			held_changed = held_changed == NULL ?
+				MemoryContextAlloc(TopMemoryContext,
+								   sizeof(AccountState *) * max_held_changed) :
+				repalloc(held_changed, sizeof(AccountState *) * max_held_changed);
+		}
+		held_changed[nheld_changed++] = acct;
+		acct->held_changed = true;
+	}
+	acct->balance = balance;
+	acct->held = held;
+}
+
+/*
+ * The accounts whose open holds changed since the last call, for the batch
+ * to record their new totals; forgotten by the next call.
+ */
+AccountState **
+ledger_accounts_held_changed(int *n)
+{
+	int			i;
+
+	*n = nheld_changed;
+	for (i = 0; i < nheld_changed; i++)
+		held_changed[i]->held_changed = false;
+	nheld_changed = 0;
+	return held_changed;
+}
+
+/* Loading */
 
 /*
  * An account entering the cache, with no legs, holds, limits or window: the
@@ -241,8 +417,8 @@ load_remote_accounts(Datum *wanted, int nwanted)
  * rejected.  Called inside SPI.
  */
 void
-ledger_load_accounts(int64 *ids, int nids, int worker, bool schema_1_2,
-					 bool in_cluster, TimestampTz now)
+ledger_load_accounts(int64 *ids, int nids, int worker, bool in_cluster,
+					 TimestampTz now)
 {
 	Oid			argtype = INT8ARRAYOID;
 	Datum	   *wanted = palloc(sizeof(Datum) * Max(nids, 1));
@@ -261,52 +437,35 @@ ledger_load_accounts(int64 *ids, int nids, int worker, bool schema_1_2,
 
 	/*
 	 * Columns: id, bucket, allow_negative, newest leg and its balance,
-	 * newest breakpoint and its balance; since 1.2 currency, limits, and
-	 * the sum of open holds.
+	 * newest breakpoint and its balance, currency, limits, and the running
+	 * total of open holds.
 	 */
-	if (schema_1_2)
-		ledger_prepare_plan(&load_plan,
-							"SELECT a.id, a.bucket, a.allow_negative,"
-							"       t.id, t.balance_after, b.last_txn_id, b.current_balance,"
-							"       a.currency, l.overdraft_limit, l.max_amount,"
-							"       l.daily_debit_limit,"
-							"       (SELECT sum(e.amount)::bigint FROM ledger.events e"
-							"         WHERE e.account_id = a.id AND e.kind = 'h' AND e.status = 'a'"
-							"           AND NOT EXISTS (SELECT FROM ledger.hold_ends h"
-							"                            WHERE h.hold_id = e.id))"
-							"  FROM ledger.accounts a"
-							"  LEFT JOIN LATERAL"
-							"       (SELECT t.id, t.balance_after FROM ledger.transactions t"
-							"         WHERE t.account_id = a.id"
-							"         ORDER BY t.id DESC LIMIT 1) t ON true"
-							"  LEFT JOIN LATERAL"
-							"       (SELECT b.last_txn_id, b.current_balance FROM ledger.breakpoints b"
-							"         WHERE b.account_id = a.id"
-							"         ORDER BY b.last_txn_id DESC LIMIT 1) b ON true"
-							"  LEFT JOIN LATERAL"
-							"       (SELECT l.overdraft_limit, l.max_amount, l.daily_debit_limit"
-							"          FROM ledger.limits l WHERE l.account_id = a.id"
-							"         ORDER BY l.id DESC LIMIT 1) l ON true"
-							" WHERE a.id = ANY ($1)",
-							1, &argtype);
-	else
-		ledger_prepare_plan(&load_plan_1_1,
-							"SELECT a.id, a.bucket, a.allow_negative,"
-							"       t.id, t.balance_after, b.last_txn_id, b.current_balance"
-							"  FROM ledger.accounts a"
-							"  LEFT JOIN LATERAL"
-							"       (SELECT t.id, t.balance_after FROM ledger.transactions t"
-							"         WHERE t.account_id = a.id"
-							"         ORDER BY t.id DESC LIMIT 1) t ON true"
-							"  LEFT JOIN LATERAL"
-							"       (SELECT b.last_txn_id, b.current_balance FROM ledger.breakpoints b"
-							"         WHERE b.account_id = a.id"
-							"         ORDER BY b.last_txn_id DESC LIMIT 1) b ON true"
-							" WHERE a.id = ANY ($1)",
-							1, &argtype);
+	ledger_prepare_plan(&load_plan,
+						"SELECT a.id, a.bucket, a.allow_negative,"
+						"       t.id, t.balance_after, b.last_txn_id, b.current_balance,"
+						"       a.currency, l.overdraft_limit, l.max_amount,"
+						"       l.daily_debit_limit, h.held"
+						"  FROM ledger.accounts a"
+						"  LEFT JOIN LATERAL"
+						"       (SELECT t.id, t.balance_after FROM ledger.transactions t"
+						"         WHERE t.account_id = a.id"
+						"         ORDER BY t.id DESC LIMIT 1) t ON true"
+						"  LEFT JOIN LATERAL"
+						"       (SELECT b.last_txn_id, b.current_balance FROM ledger.breakpoints b"
+						"         WHERE b.account_id = a.id"
+						"         ORDER BY b.last_txn_id DESC LIMIT 1) b ON true"
+						"  LEFT JOIN LATERAL"
+						"       (SELECT l.overdraft_limit, l.max_amount, l.daily_debit_limit"
+						"          FROM ledger.limits l WHERE l.account_id = a.id"
+						"         ORDER BY l.id DESC LIMIT 1) l ON true"
+						"  LEFT JOIN LATERAL"
+						"       (SELECT h.held FROM ledger.account_holds h"
+						"         WHERE h.account_id = a.id"
+						"         ORDER BY h.id DESC LIMIT 1) h ON true"
+						" WHERE a.id = ANY ($1)",
+						1, &argtype);
 	arg = ledger_bigint_array(wanted, nwanted);
-	if (SPI_execute_plan(schema_1_2 ? load_plan : load_plan_1_1,
-						 &arg, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(load_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not load accounts");
 
 	for (i = 0; i < SPI_processed; i++)
@@ -332,14 +491,13 @@ ledger_load_accounts(int64 *ids, int nids, int worker, bool schema_1_2,
 		 * interval, which keeps loading an account to two index probes
 		 * (new_account() set the count to 0).
 		 */
-		if (schema_1_2)
-		{
-			acct->currency = DatumGetInt32(SPI_getbinval(row, desc, 8, &isnull));
-			acct->overdraft_limit = int64_or(row, desc, 9, LEDGER_NO_LIMIT);
-			acct->max_amount = int64_or(row, desc, 10, LEDGER_NO_LIMIT);
-			acct->daily_debit_limit = int64_or(row, desc, 11, LEDGER_NO_LIMIT);
-			acct->held = int64_or(row, desc, 12, 0);
-		}
+		acct->currency = DatumGetInt32(SPI_getbinval(row, desc, 8, &isnull));
+		acct->overdraft_limit = int64_or(row, desc, 9, LEDGER_NO_LIMIT);
+		acct->max_amount = int64_or(row, desc, 10, LEDGER_NO_LIMIT);
+		acct->daily_debit_limit = int64_or(row, desc, 11, LEDGER_NO_LIMIT);
+		acct->held = int64_or(row, desc, 12, 0);
+		if (acct->owned)
+			acct->supply = supply_of(acct->bucket, acct->currency);
 	}
 
 	/* the windows last: reading them replaces SPI_tuptable */
@@ -367,10 +525,13 @@ ledger_load_accounts(int64 *ids, int nids, int worker, bool schema_1_2,
 /* Deciding */
 
 /*
- * May the account pay amount now?  Its limits first (largest debit, debits
- * of the last 24 hours), then what is left of the balance once its open
- * holds are set aside: down to minus its overdraft limit if it has one,
- * without end if it may go negative, else to zero.  Sets *reason when not.
+ * May the account pay amount now, or hold it?  Its limits first (largest
+ * debit, debits of the last 24 hours with its open holds), then what is
+ * left of the balance once its open holds are set aside: down to minus its
+ * overdraft limit if it has one, without end if it may go negative, else to
+ * zero; and its bucket may not owe more than the supply bound.  A hold of
+ * amount owes what a debit of it would, so one check serves both.  Sets
+ * *reason when not.
  */
 bool
 ledger_can_debit(AccountState *acct, int64 amount, TimestampTz now,
@@ -384,8 +545,9 @@ ledger_can_debit(AccountState *acct, int64 amount, TimestampTz now,
 		*reason = "max_amount";
 		return false;
 	}
+	/* open holds count against the day's limit from when they are placed */
 	if (acct->window != NULL &&
-		window_total(acct->window, now) + amount > acct->daily_debit_limit)
+		window_total(acct->window, now) + acct->held + amount > acct->daily_debit_limit)
 	{
 		*reason = "daily_debit_limit";
 		return false;
@@ -407,6 +569,11 @@ ledger_can_debit(AccountState *acct, int64 amount, TimestampTz now,
 	else if (available < 0 && !acct->allow_negative)
 	{
 		*reason = "insufficient_funds";
+		return false;
+	}
+	if (!within_supply(acct, result, acct->held))
+	{
+		*reason = "supply_limit";
 		return false;
 	}
 	return true;

@@ -7,9 +7,9 @@
  * reads the oldest queued events of the bucket, another loads the accounts
  * this worker has not seen yet; then the events are decided here, in C, one
  * at a time in queue order, because each depends on the balances the
- * previous ones left.  The outcome is written straight to the heap (bulk.c): the
- * events' rows, their legs, credits for other buckets and breakpoints, and
- * the applied entries deleted from the queue.
+ * previous ones left.  The outcome is written straight to the heap (bulk.c):
+ * the events' rows, their legs, credits for other buckets, breakpoints, the
+ * new totals of open holds, and the applied entries deleted from the queue.
  *
  * Balances come from a cache of account state kept across batches
  * (accounts.c), holds from a cache of the open ones (holds.c).  They can be
@@ -19,9 +19,12 @@
  * applying the credit entries other buckets queued here.  If a batch fails
  * the worker exits, and with it the caches.
  *
- * The library serves the schema of 1.0 and 1.1 as well as its own, for the
- * time between installing it and ALTER EXTENSION ledger UPDATE: the tables
- * then lack 1.2's columns, and no event can use them.
+ * Two kinds of entries stay queued past their turn, neither of them work
+ * the worker spins on: a debit that must wait for the credits earlier
+ * events of its transaction send its payer from other buckets (order.c),
+ * with every later event of the accounts it names; and, in a ledger that
+ * was over the supply bound before 1.5, a credit that would overflow its
+ * payee.
  *
  *-------------------------------------------------------------------------
  */
@@ -31,7 +34,6 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
-#include "commands/extension.h"
 #include "commands/sequence.h"
 #include "common/int.h"
 #include "executor/spi.h"
@@ -56,22 +58,21 @@ enum
 {
 	QUEUE_BUCKET, QUEUE_SEQ, QUEUE_ID, QUEUE_KIND, QUEUE_ACCOUNT_ID,
 	QUEUE_TO_ACCOUNT, QUEUE_AMOUNT, QUEUE_TO_ACCOUNTS, QUEUE_AMOUNTS,
-	QUEUE_ENQUEUED_AT, QUEUE_NATTS_1_1,
-	QUEUE_HOLD_ID = QUEUE_NATTS_1_1, QUEUE_EXPIRES_AT, QUEUE_METADATA,
-	QUEUE_NATTS
+	QUEUE_ENQUEUED_AT, QUEUE_HOLD_ID, QUEUE_EXPIRES_AT, QUEUE_METADATA,
+	QUEUE_WAITS_FROM, QUEUE_NATTS
 };
 static const char *const queue_columns[] = {
 	"bucket", "seq", "id", "kind", "account_id", "to_account", "amount",
-	"to_accounts", "amounts", "enqueued_at", "hold_id", "expires_at", "metadata"
+	"to_accounts", "amounts", "enqueued_at", "hold_id", "expires_at", "metadata",
+	"waits_from"
 };
 
 enum
 {
 	EVENTS_ID, EVENTS_KIND, EVENTS_ACCOUNT_ID, EVENTS_TO_ACCOUNT, EVENTS_AMOUNT,
 	EVENTS_TO_ACCOUNTS, EVENTS_AMOUNTS, EVENTS_STATUS, EVENTS_REASON,
-	EVENTS_ENQUEUED_AT, EVENTS_APPLIED_AT, EVENTS_NATTS_1_1,
-	EVENTS_HOLD_ID = EVENTS_NATTS_1_1, EVENTS_EXPIRES_AT, EVENTS_METADATA,
-	EVENTS_NATTS
+	EVENTS_ENQUEUED_AT, EVENTS_APPLIED_AT, EVENTS_HOLD_ID, EVENTS_EXPIRES_AT,
+	EVENTS_METADATA, EVENTS_NATTS
 };
 static const char *const events_columns[] = {
 	"id", "kind", "account_id", "to_account", "amount", "to_accounts",
@@ -112,6 +113,15 @@ static const char *const hold_ends_columns[] = {
 
 enum
 {
+	ACCOUNT_HOLDS_ACCOUNT_ID, ACCOUNT_HOLDS_ID, ACCOUNT_HOLDS_HELD,
+	ACCOUNT_HOLDS_CHANGED_AT, ACCOUNT_HOLDS_NATTS
+};
+static const char *const account_holds_columns[] = {
+	"account_id", "id", "held", "changed_at"
+};
+
+enum
+{
 	TRANSIT_SOURCE_NODE, TRANSIT_ID, TRANSIT_TARGET_NODE, TRANSIT_EVENT_ID,
 	TRANSIT_PAYER, TRANSIT_CURRENCY, TRANSIT_TO_ACCOUNTS, TRANSIT_AMOUNTS,
 	TRANSIT_AMOUNT, TRANSIT_CREATED_AT, TRANSIT_NATTS
@@ -147,16 +157,15 @@ typedef struct BatchOutput
 	BulkInsert *legs;
 	BulkInsert *credits;
 	BulkInsert *breakpoints;
-	BulkInsert *hold_ends;		/* NULL before 1.2 */
+	BulkInsert *hold_ends;
 	BulkInsert *transit;		/* NULL but in a cluster */
 	ItemPointerData *done;		/* queue entries to delete */
 	int			ndone;
 	TimestampTz now;
 } BatchOutput;
 
-static Oid	ledger_extension_oid = InvalidOid;
-static bool schema_1_2 = false;
-static bool cluster_mode = false;	/* a node of a cluster (1.3) */
+static Oid	ledger_extension = InvalidOid;
+static bool cluster_mode = false;	/* a node of a cluster */
 static uint64 seen_limits_generation = 0;
 static Oid	transaction_seq_oid = InvalidOid;
 static Oid	event_seq_oid = InvalidOid;
@@ -165,6 +174,7 @@ static Oid	events_oid = InvalidOid;
 static Oid	transactions_oid = InvalidOid;
 static Oid	breakpoints_oid = InvalidOid;
 static Oid	hold_ends_oid = InvalidOid;
+static Oid	account_holds_oid = InvalidOid;
 static Oid	transit_oid = InvalidOid;
 static int	my_worker = -1;
 
@@ -172,13 +182,17 @@ static int	my_worker = -1;
 typedef struct BucketState
 {
 	int			bucket;
-	int			nheld;			/* credits held back by the last batch */
+	int			nleft;			/* entries the last batch left queued */
 } BucketState;
 
 static BucketState served_buckets[LEDGER_MAX_BUCKETS * 4];
 static int	nserved_buckets = 0;
 
+/* Credits held back that were reported already: reported once each. */
+static HTAB *reported_credits = NULL;
+
 static SPIPlanPtr fetch_plan = NULL;
+static SPIPlanPtr awaited_plan = NULL;
 
 /*
  * Forget everything cached about the extension's objects: called when the
@@ -188,11 +202,16 @@ void
 ledger_apply_reset(void)
 {
 	ledger_accounts_reset();
+	ledger_supply_reset();
 	ledger_holds_reset();
 	ledger_bulk_reset();
 	transaction_seq_oid = InvalidOid;
-	ledger_extension_oid = InvalidOid;
+	ledger_extension = InvalidOid;
 	ledger_free_plan(&fetch_plan);
+	ledger_free_plan(&awaited_plan);
+	if (reported_credits)
+		hash_destroy(reported_credits);
+	reported_credits = NULL;
 }
 
 /* The OID of a relation of schema ledger, whose columns must be these. */
@@ -228,7 +247,7 @@ ledger_relation(const char *name, const char *const *columns, int ncolumns)
 
 /*
  * Find the buckets this worker serves, and make sure each has its external
- * account.  Buckets numbered ledger.buckets or more hold accounts opened
+ * accounts.  Buckets numbered ledger.buckets or more hold accounts opened
  * while the setting was higher; worker (bucket mod ledger.buckets) serves
  * them, so that each account still has one worker.
  */
@@ -264,13 +283,9 @@ setup_buckets(void)
 	for (i = 0; i < nserved_buckets; i++)
 	{
 		args[0] = Int32GetDatum(served_buckets[i].bucket);
-		if (SPI_execute_with_args(schema_1_2 ?
-								  "INSERT INTO ledger.accounts (id, allow_negative, bucket, currency)"
-								  " SELECT -1 - $1::bigint - 64 * c.no, true, $1, c.no"
+		if (SPI_execute_with_args("INSERT INTO ledger.accounts (id, allow_negative, bucket, currency)"
+								  " SELECT ledger.external_account($1, c.no), true, $1, c.no"
 								  "   FROM ledger.currencies c"
-								  " ON CONFLICT (id) DO NOTHING" :
-								  "INSERT INTO ledger.accounts (id, allow_negative, bucket)"
-								  " VALUES (-1 - $1::bigint, true, $1)"
 								  " ON CONFLICT (id) DO NOTHING",
 								  1, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not create the external accounts of bucket %d",
@@ -279,9 +294,9 @@ setup_buckets(void)
 }
 
 /*
- * Is the extension installed in this database?  If so, return how many
- * buckets this worker serves.  Resets everything cached when the extension
- * is not the installation, or the schema version, seen last.
+ * Is the extension installed in this database, in the schema the library
+ * serves?  If so, set how many buckets this worker serves.  Resets
+ * everything cached when the extension is not the installation seen last.
  *
  * Forgets the accounts, and so their limits, when limits may have changed:
  * when the count of announcements read after the batch's snapshot was taken
@@ -293,13 +308,12 @@ setup_buckets(void)
  *
  * Called inside SPI, in a transaction.
  */
-bool
+LedgerSchema
 ledger_apply_ready(int worker, uint64 limits_before, uint64 limits_after,
 				   int *nbuckets)
 {
-	Oid			extension_oid = get_extension_oid("ledger", true);
-	bool		is_1_2 = OidIsValid(extension_oid) && ledger_schema_has_holds();
-	bool		in_cluster = is_1_2 && ledger_in_cluster();
+	Oid			extension_oid = ledger_extension_oid();
+	LedgerSchema schema = ledger_schema();
 
 	my_worker = worker;
 
@@ -308,39 +322,39 @@ ledger_apply_ready(int worker, uint64 limits_before, uint64 limits_after,
 	 * more, whatever the spam guard counted.
 	 */
 	if (!OidIsValid(extension_oid) ||
-		(OidIsValid(ledger_extension_oid) && extension_oid != ledger_extension_oid))
+		(OidIsValid(ledger_extension) && extension_oid != ledger_extension))
 		ledger_guard_forget();
-	if (extension_oid != ledger_extension_oid || is_1_2 != schema_1_2 ||
-		in_cluster != cluster_mode)
+	if (extension_oid != ledger_extension || schema != LEDGER_SCHEMA_CURRENT ||
+		ledger_in_cluster() != cluster_mode)
 		ledger_apply_reset();
 	if (!OidIsValid(extension_oid))
-		return false;
+		return LEDGER_SCHEMA_NONE;
+	if (schema != LEDGER_SCHEMA_CURRENT)
+		return schema;
 
-	if (!OidIsValid(ledger_extension_oid))
+	if (!OidIsValid(ledger_extension))
 	{
-		schema_1_2 = is_1_2;
-		cluster_mode = in_cluster;
+		cluster_mode = ledger_in_cluster();
 		transaction_seq_oid = ledger_relation("transaction_id_seq", NULL, 0);
 		event_seq_oid = ledger_relation("event_id_seq", NULL, 0);
-		queue_oid = ledger_relation("queue", queue_columns,
-									schema_1_2 ? QUEUE_NATTS : QUEUE_NATTS_1_1);
-		events_oid = ledger_relation("events", events_columns,
-									 schema_1_2 ? EVENTS_NATTS : EVENTS_NATTS_1_1);
+		queue_oid = ledger_relation("queue", queue_columns, QUEUE_NATTS);
+		events_oid = ledger_relation("events", events_columns, EVENTS_NATTS);
 		transactions_oid = ledger_relation("transactions", transactions_columns,
 										   TRANSACTIONS_NATTS);
 		breakpoints_oid = ledger_relation("breakpoints", breakpoints_columns,
 										  BREAKPOINTS_NATTS);
-		hold_ends_oid = schema_1_2 ?
-			ledger_relation("hold_ends", hold_ends_columns, HOLD_ENDS_NATTS) :
-			InvalidOid;
+		hold_ends_oid = ledger_relation("hold_ends", hold_ends_columns,
+										HOLD_ENDS_NATTS);
+		account_holds_oid = ledger_relation("account_holds", account_holds_columns,
+											ACCOUNT_HOLDS_NATTS);
 		transit_oid = cluster_mode ?
 			ledger_relation("transit", transit_columns, TRANSIT_NATTS) :
 			InvalidOid;
 		setup_buckets();
-		if (schema_1_2)
-			ledger_holds_load(my_worker);
+		ledger_holds_load(my_worker);
+		ledger_supply_load(my_worker);
 		seen_limits_generation = limits_before;
-		ledger_extension_oid = extension_oid;
+		ledger_extension = extension_oid;
 	}
 	else if (limits_after != seen_limits_generation)
 	{
@@ -348,7 +362,7 @@ ledger_apply_ready(int worker, uint64 limits_before, uint64 limits_after,
 		seen_limits_generation = limits_before;
 	}
 	*nbuckets = nserved_buckets;
-	return true;
+	return LEDGER_SCHEMA_CURRENT;
 }
 
 /* Reading the batch */
@@ -378,11 +392,11 @@ fetch_batch(BucketState *b, int batch_size, int *nevents)
 	uint64		i;
 
 	ledger_prepare_plan(&fetch_plan,
-				 "SELECT q.ctid, q.* FROM ledger.queue q"
-				 " WHERE q.bucket = $1"
-				 " ORDER BY q.bucket, q.seq"
-				 " LIMIT $2",
-				 2, argtypes);
+						"SELECT q.ctid, q.* FROM ledger.queue q"
+						" WHERE q.bucket = $1"
+						" ORDER BY q.bucket, q.seq"
+						" LIMIT $2",
+						2, argtypes);
 	args[0] = Int32GetDatum(b->bucket);
 	args[1] = Int32GetDatum(batch_size);
 	if (SPI_execute_plan(fetch_plan, args, NULL, false, 0) != SPI_OK_SELECT)
@@ -403,16 +417,7 @@ fetch_batch(BucketState *b, int batch_size, int *nevents)
 		/* column 1 is the ctid, then the queue's own columns */
 		ev->ctid = *(ItemPointer) DatumGetPointer(SPI_getbinval(tuple, desc, 1, &ctid_isnull));
 		for (col = 0; col < QUEUE_NATTS; col++)
-		{
-			/* columns of later versions than the schema's are empty */
-			if (col + 2 <= desc->natts)
-				row[col] = SPI_getbinval(tuple, desc, col + 2, &isnull[col]);
-			else
-			{
-				row[col] = (Datum) 0;
-				isnull[col] = true;
-			}
-		}
+			row[col] = SPI_getbinval(tuple, desc, col + 2, &isnull[col]);
 
 		ev->seq = DatumGetInt64(row[QUEUE_SEQ]);
 		ev->id = DatumGetInt64(row[QUEUE_ID]);
@@ -463,7 +468,7 @@ create_external_account(int bucket, int currency)
 	args[0] = Int32GetDatum(bucket);
 	args[1] = Int32GetDatum(currency);
 	if (SPI_execute_with_args("INSERT INTO ledger.accounts (id, allow_negative, bucket, currency)"
-							  " VALUES (-1 - $1::bigint - 64 * $2::bigint, true, $1, $2)"
+							  " VALUES (ledger.external_account($1, $2), true, $1, $2)"
 							  " ON CONFLICT (id) DO NOTHING",
 							  2, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not create the external account of bucket %d", bucket);
@@ -492,7 +497,7 @@ load_accounts(QueuedEvent *events, int nevents, TimestampTz now)
 		for (p = 0; p < events[e].npayees; p++)
 			ids[nids++] = events[e].payees[p];
 	}
-	ledger_load_accounts(ids, nids, my_worker, schema_1_2, cluster_mode, now);
+	ledger_load_accounts(ids, nids, my_worker, cluster_mode, now);
 
 	nids = 0;
 	for (e = 0; e < nevents; e++)
@@ -507,7 +512,7 @@ load_accounts(QueuedEvent *events, int nevents, TimestampTz now)
 	}
 	if (nids == 0)
 		return;
-	ledger_load_accounts(ids, nids, my_worker, schema_1_2, cluster_mode, now);
+	ledger_load_accounts(ids, nids, my_worker, cluster_mode, now);
 
 	/*
 	 * Registering a currency opens its external accounts in the buckets of
@@ -515,13 +520,11 @@ load_accounts(QueuedEvent *events, int nevents, TimestampTz now)
 	 */
 	for (e = 0; e < nids; e++)
 	{
-		if (ledger_find_account(ids[e]) == NULL && schema_1_2)
+		if (ledger_find_account(ids[e]) == NULL)
 		{
-			int64		n = -1 - ids[e];
-
-			create_external_account((int) (n % LEDGER_MAX_BUCKETS),
-									(int) (n / LEDGER_MAX_BUCKETS));
-			ledger_load_accounts(&ids[e], 1, my_worker, schema_1_2, cluster_mode, now);
+			create_external_account(LEDGER_EXTERNAL_BUCKET(ids[e]),
+									LEDGER_EXTERNAL_CURRENCY(ids[e]));
+			ledger_load_accounts(&ids[e], 1, my_worker, cluster_mode, now);
 		}
 	}
 }
@@ -570,7 +573,7 @@ post_leg(BatchOutput *out, AccountState *acct, int64 event_id, int64 amount)
 
 	slot = ledger_bulk_next_slot(out->legs);
 	v = slot->tts_values;
-	acct->balance += amount;
+	ledger_account_set(acct, acct->balance + amount, acct->held);
 	acct->last_txn_id = nextval_internal(transaction_seq_oid, false);
 	acct->legs_since_bp++;
 	if (amount < 0)
@@ -608,20 +611,17 @@ record_outcome(BatchOutput *out, QueuedEvent *ev, const char *reason)
 	v[EVENTS_REASON] = reason ? CStringGetTextDatum(reason) : (Datum) 0;
 	v[EVENTS_ENQUEUED_AT] = ev->row[QUEUE_ENQUEUED_AT];
 	v[EVENTS_APPLIED_AT] = TimestampTzGetDatum(out->now);
-	memset(isnull, false, sizeof(bool) * EVENTS_NATTS_1_1);
+	v[EVENTS_HOLD_ID] = ev->row[QUEUE_HOLD_ID];
+	v[EVENTS_EXPIRES_AT] = ev->row[QUEUE_EXPIRES_AT];
+	v[EVENTS_METADATA] = ev->row[QUEUE_METADATA];
+	memset(isnull, false, sizeof(bool) * EVENTS_NATTS);
 	isnull[EVENTS_TO_ACCOUNT] = ev->row_isnull[QUEUE_TO_ACCOUNT];
 	isnull[EVENTS_TO_ACCOUNTS] = ev->row_isnull[QUEUE_TO_ACCOUNTS];
 	isnull[EVENTS_AMOUNTS] = ev->row_isnull[QUEUE_AMOUNTS];
 	isnull[EVENTS_REASON] = reason == NULL;
-	if (schema_1_2)
-	{
-		v[EVENTS_HOLD_ID] = ev->row[QUEUE_HOLD_ID];
-		v[EVENTS_EXPIRES_AT] = ev->row[QUEUE_EXPIRES_AT];
-		v[EVENTS_METADATA] = ev->row[QUEUE_METADATA];
-		isnull[EVENTS_HOLD_ID] = ev->row_isnull[QUEUE_HOLD_ID];
-		isnull[EVENTS_EXPIRES_AT] = ev->row_isnull[QUEUE_EXPIRES_AT];
-		isnull[EVENTS_METADATA] = ev->row_isnull[QUEUE_METADATA];
-	}
+	isnull[EVENTS_HOLD_ID] = ev->row_isnull[QUEUE_HOLD_ID];
+	isnull[EVENTS_EXPIRES_AT] = ev->row_isnull[QUEUE_EXPIRES_AT];
+	isnull[EVENTS_METADATA] = ev->row_isnull[QUEUE_METADATA];
 	ledger_bulk_add_row(out->events, slot);
 
 	out->done[out->ndone++] = ev->ctid;
@@ -633,6 +633,8 @@ record_outcome(BatchOutput *out, QueuedEvent *ev, const char *reason)
 	 * counted for good (refused).
 	 */
 	ledger_guard_release(ev->account_id);
+	if (ev->kind == LEDGER_POST || ev->kind == LEDGER_VOID)
+		ledger_guard_release(-ev->hold_id);
 }
 
 /* The payees of an event that one credit entry or transit row carries. */
@@ -715,9 +717,7 @@ queue_credit(BatchOutput *out, QueuedEvent *ev, AccountState **payees,
 	TupleTableSlot *slot = ledger_bulk_next_slot(out->credits);
 	Datum	   *v = slot->tts_values;
 
-	/* the columns of 1.2 stay empty */
-	memset(slot->tts_isnull, true, sizeof(bool) * slot->tts_tupleDescriptor->natts);
-	memset(slot->tts_isnull, false, sizeof(bool) * QUEUE_NATTS_1_1);
+	memset(slot->tts_isnull, false, sizeof(bool) * QUEUE_NATTS);
 	v[QUEUE_BUCKET] = Int32GetDatum(bucket);
 	v[QUEUE_SEQ] = Int64GetDatum(nextval_internal(event_seq_oid, false));
 	v[QUEUE_ID] = Int64GetDatum(ev->id);
@@ -728,6 +728,10 @@ queue_credit(BatchOutput *out, QueuedEvent *ev, AccountState **payees,
 	v[QUEUE_TO_ACCOUNTS] = share.to_accounts;
 	v[QUEUE_AMOUNTS] = share.amounts;
 	v[QUEUE_ENQUEUED_AT] = TimestampTzGetDatum(out->now);
+	slot->tts_isnull[QUEUE_HOLD_ID] = true;
+	slot->tts_isnull[QUEUE_EXPIRES_AT] = true;
+	slot->tts_isnull[QUEUE_METADATA] = true;
+	slot->tts_isnull[QUEUE_WAITS_FROM] = true;
 	ledger_bulk_add_row(out->credits, slot);
 
 	ledger_wake_at_commit(bucket);
@@ -752,9 +756,10 @@ end_hold(BatchOutput *out, HoldState *hold, char status, int64 event_id,
 	v[HOLD_ENDS_ENDED_AT] = TimestampTzGetDatum(out->now);
 	ledger_bulk_add_row(out->hold_ends, slot);
 
-	/* an account not in the cache has its holds read when it is loaded */
-	if (payer != NULL)
-		payer->held -= hold->amount;
+	/* the payer was loaded with the batch's accounts, or by expire_holds() */
+	if (payer == NULL || !payer->owned)
+		elog(ERROR, "the payer of hold " INT64_FORMAT " is not loaded", hold->id);
+	ledger_account_set(payer, payer->balance, payer->held - hold->amount);
 	ledger_hold_ended(hold, status);
 }
 
@@ -888,7 +893,7 @@ apply_hold(BatchOutput *out, QueuedEvent *ev)
 						ev->expires_at, LEDGER_HOLD_REJECTED);
 		return reason;
 	}
-	payer->held = held;
+	ledger_account_set(payer, payer->balance, held);
 	ledger_hold_add(ev->id, ev->account_id, ev->payees[0], ev->amount,
 					ev->expires_at, LEDGER_HOLD_OPEN);
 	return NULL;
@@ -983,8 +988,13 @@ expire_holds(BatchOutput *out)
 {
 	int			ndue;
 	HoldState **due = ledger_holds_due(out->now, &ndue);
+	int64	   *payers = palloc(sizeof(int64) * Max(ndue, 1));
 	int			i;
 
+	for (i = 0; i < ndue; i++)
+		payers[i] = due[i]->account_id;
+	if (ndue > 0)
+		ledger_load_accounts(payers, ndue, my_worker, cluster_mode, out->now);
 	for (i = 0; i < ndue; i++)
 		end_hold(out, due[i], LEDGER_HOLD_EXPIRED, 0, 0);
 	return ndue;
@@ -992,9 +1002,11 @@ expire_holds(BatchOutput *out)
 
 /*
  * A credit queued by another bucket: its debit is posted, so it cannot be
- * rejected.  Only an overflowing balance could stop it; it then stays queued
- * (its event pending, its money counted in flight by ledger_verify()) until
- * the payee's balance leaves room for it.
+ * rejected, and it cannot overflow its payees either, as long as the supply
+ * bound held (accounts.c).  A ledger that was over it before 1.5 could hold
+ * a balance a credit would overflow: that credit then stays queued (its
+ * event pending, its money counted in flight by ledger_verify()) until the
+ * payee's balance leaves room for it, reported once.
  */
 static bool
 apply_credit(BatchOutput *out, QueuedEvent *ev)
@@ -1009,18 +1021,153 @@ apply_credit(BatchOutput *out, QueuedEvent *ev)
 		if (payee == NULL || !payee->owned ||
 			!ledger_can_credit(payee, ev->amounts[p], &reason))
 		{
-			ereport(WARNING,
-					(errmsg("ledger: credit of event " INT64_FORMAT " to account " INT64_FORMAT " is held back",
-							ev->id, ev->payees[p]),
-					 errdetail("Crediting " INT64_FORMAT " would overflow the account's balance.",
-							   ev->amounts[p])));
+			bool		reported;
+
+			if (reported_credits == NULL)
+			{
+				HASHCTL		ctl;
+
+				ctl.keysize = sizeof(int64);
+				ctl.entrysize = sizeof(int64);
+				ctl.hcxt = TopMemoryContext;
+				reported_credits = hash_create("ledger credits held back", 16, &ctl,
+											   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+			}
+			(void) hash_search(reported_credits, &ev->seq, HASH_ENTER, &reported);
+			if (!reported)
+				ereport(WARNING,
+						(errmsg("ledger: credit of event " INT64_FORMAT " to account " INT64_FORMAT " is held back",
+								ev->id, ev->payees[p]),
+						 errdetail("Crediting " INT64_FORMAT " would overflow the account's balance.",
+								   ev->amounts[p]),
+						 errhint("It is posted once the balance leaves room for it; ledger_health() lists it meanwhile.")));
 			return false;
 		}
 	}
 	for (p = 0; p < ev->npayees; p++)
 		post_leg(out, ledger_find_account(ev->payees[p]), ev->id, ev->amounts[p]);
 	out->done[out->ndone++] = ev->ctid;
+	if (reported_credits)
+		(void) hash_search(reported_credits, &ev->seq, HASH_REMOVE, NULL);
 	return true;
+}
+
+/* Waiting for credits */
+
+/* The accounts whose events wait in this batch: their later ones wait too. */
+typedef struct Waiting
+{
+	HTAB	   *accounts;
+} Waiting;
+
+static bool
+names_waiting_account(Waiting *w, QueuedEvent *ev)
+{
+	int			p;
+
+	if (w->accounts == NULL)
+		return false;
+	if (hash_search(w->accounts, &ev->account_id, HASH_FIND, NULL))
+		return true;
+	for (p = 0; p < ev->npayees; p++)
+		if (hash_search(w->accounts, &ev->payees[p], HASH_FIND, NULL))
+			return true;
+	return false;
+}
+
+static void
+wait_accounts_of(Waiting *w, QueuedEvent *ev)
+{
+	int			p;
+
+	if (w->accounts == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(int64);
+		ctl.entrysize = sizeof(int64);
+		ctl.hcxt = CurrentMemoryContext;
+		w->accounts = hash_create("ledger accounts waiting", 16, &ctl,
+								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	(void) hash_search(w->accounts, &ev->account_id, HASH_ENTER, NULL);
+	for (p = 0; p < ev->npayees; p++)
+		(void) hash_search(w->accounts, &ev->payees[p], HASH_ENTER, NULL);
+}
+
+/*
+ * Must this event wait for credits still on their way?  Only a debit whose
+ * transaction queued, before it, a credit of its payer from another bucket
+ * (ledger.queue.waits_from, see order.c), and only while it would be
+ * refused for want of money: a debit that can be paid now could be paid
+ * with those credits too, so deciding it now decides it as id order
+ * would.  It then waits while some credit to its payer with an id from
+ * waits_from to its own is queued: as an event of another bucket not
+ * applied yet, or as a credit entry here.  Every wait is for an event of a
+ * smaller id, or for a credit entry, which never waits: so waits cannot
+ * form a cycle.
+ */
+static bool
+awaits_credit(BucketState *b, QueuedEvent *ev, TimestampTz now)
+{
+	Oid			argtypes[4] = {INT8OID, INT8OID, INT4OID, INT8OID};
+	Datum		args[4];
+	AccountState *payer;
+	const char *reason = NULL;
+
+	if (ev->row_isnull[QUEUE_WAITS_FROM])
+		return false;
+	payer = ledger_find_account(ev->account_id);
+	if (payer == NULL || !payer->owned ||
+		ledger_can_debit(payer, ev->amount, now, &reason) ||
+		!(strcmp(reason, "insufficient_funds") == 0 ||
+		  strcmp(reason, "overdraft_limit") == 0 ||
+		  strcmp(reason, "supply_limit") == 0))
+		return false;
+
+	ledger_prepare_plan(&awaited_plan,
+						"SELECT 1 FROM ledger.queue q"
+						" WHERE q.id >= $1 AND q.id < $2"
+						"   AND ((q.kind <> 'c' AND q.bucket <> $3)"
+						"        OR (q.kind = 'c' AND q.bucket = $3))"
+						"   AND ($4 = q.to_account OR $4 = ANY (q.to_accounts))"
+						" LIMIT 1",
+						4, argtypes);
+	args[0] = ev->row[QUEUE_WAITS_FROM];
+	args[1] = Int64GetDatum(ev->id);
+	args[2] = Int32GetDatum(b->bucket);
+	args[3] = Int64GetDatum(ev->account_id);
+	if (SPI_execute_plan(awaited_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for the credits event " INT64_FORMAT " waits for",
+			 ev->id);
+	return SPI_processed > 0;
+}
+
+/* Record the new totals of the accounts whose open holds changed. */
+static void
+write_held(BatchOutput *out)
+{
+	int			n;
+	AccountState **changed = ledger_accounts_held_changed(&n);
+	BulkInsert *bulk;
+	int			i;
+
+	if (n == 0)
+		return;
+	bulk = ledger_bulk_begin(account_holds_oid);
+	for (i = 0; i < n; i++)
+	{
+		TupleTableSlot *slot = ledger_bulk_next_slot(bulk);
+		Datum	   *v = slot->tts_values;
+
+		memset(slot->tts_isnull, false, sizeof(bool) * ACCOUNT_HOLDS_NATTS);
+		v[ACCOUNT_HOLDS_ACCOUNT_ID] = Int64GetDatum(changed[i]->id);
+		v[ACCOUNT_HOLDS_ID] = Int64GetDatum(nextval_internal(transaction_seq_oid, false));
+		v[ACCOUNT_HOLDS_HELD] = Int64GetDatum(changed[i]->held);
+		v[ACCOUNT_HOLDS_CHANGED_AT] = TimestampTzGetDatum(out->now);
+		ledger_bulk_add_row(bulk, slot);
+	}
+	ledger_bulk_end(bulk);
 }
 
 /*
@@ -1036,18 +1183,18 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 	BucketState *b = &served_buckets[index];
 	QueuedEvent *events;
 	BatchOutput out;
-	int			nheld = 0;
+	Waiting		waiting = {0};
 	int			nevents;
 	int			e;
 
-	/* credits held back are read again: they must not crowd out the rest */
-	batch_size += b->nheld;
+	/* entries left queued are read again: they must not crowd out the rest */
+	batch_size += b->nleft;
 	events = fetch_batch(b, batch_size, &nevents);
 	/* after the read, so that no event is applied before it was enqueued */
 	out.now = GetCurrentTimestamp();
 	if (nevents == 0 && !(index == 0 && ledger_holds_any_due(out.now)))
 	{
-		b->nheld = 0;
+		b->nleft = 0;
 		return;
 	}
 
@@ -1057,7 +1204,7 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 	out.legs = ledger_bulk_begin(transactions_oid);
 	out.credits = ledger_bulk_begin(queue_oid);
 	out.breakpoints = ledger_bulk_begin(breakpoints_oid);
-	out.hold_ends = schema_1_2 ? ledger_bulk_begin(hold_ends_oid) : NULL;
+	out.hold_ends = ledger_bulk_begin(hold_ends_oid);
 	out.transit = cluster_mode ? ledger_bulk_begin(transit_oid) : NULL;
 	out.done = palloc(sizeof(ItemPointerData) * Max(nevents, 1));
 	out.ndone = 0;
@@ -1071,6 +1218,22 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 	{
 		QueuedEvent *ev = &events[e];
 		const char *reason;
+
+		if (ev->kind == LEDGER_CREDIT)
+		{
+			/* credits never wait: the events waiting wait for them */
+			if (apply_credit(&out, ev))
+				counts->credits++;
+			else
+				counts->deferred++;
+			continue;
+		}
+		if (names_waiting_account(&waiting, ev) || awaits_credit(b, ev, out.now))
+		{
+			wait_accounts_of(&waiting, ev);
+			counts->deferred++;
+			continue;
+		}
 
 		switch (ev->kind)
 		{
@@ -1091,12 +1254,6 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 			case LEDGER_VOID:
 				reason = apply_void(&out, ev);
 				break;
-			case LEDGER_CREDIT:
-				if (apply_credit(&out, ev))
-					counts->credits++;
-				else
-					nheld++;
-				continue;
 			default:
 				elog(ERROR, "event " INT64_FORMAT " has unknown kind '%c'",
 					 ev->id, ev->kind);
@@ -1113,11 +1270,11 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 	ledger_bulk_end(out.legs);
 	ledger_bulk_end(out.credits);
 	ledger_bulk_end(out.breakpoints);
-	if (out.hold_ends)
-		ledger_bulk_end(out.hold_ends);
+	ledger_bulk_end(out.hold_ends);
 	if (out.transit)
 		ledger_bulk_end(out.transit);
+	write_held(&out);
 	ledger_holds_end_batch();
 
-	b->nheld = nheld;
+	b->nleft = counts->deferred;
 }

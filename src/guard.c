@@ -147,6 +147,18 @@ payer_estimate(int64 payer)
 }
 
 /*
+ * The estimated pending events counted under a key: a payer, or (negated)
+ * a hold with a post or void pending.
+ */
+uint32
+ledger_guard_count(int64 key)
+{
+	if (!guard_counts())
+		return 0;
+	return payer_estimate(key);
+}
+
+/*
  * Refuse to queue adding more events of a payer that would then have more
  * than ledger.max_pending_per_account pending.
  */

@@ -15,6 +15,7 @@
 #include <limits.h>
 
 #include "catalog/namespace.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
@@ -275,37 +276,84 @@ ledger_worker_of_bucket(int bucket)
 	return bucket % ledger_buckets;
 }
 
-/*
- * Is the schema installed 1.2 or later?  The library serves the schemas of
- * earlier versions too, as they stand between installing a new package and
- * ALTER EXTENSION ledger UPDATE: without holds, currencies or metadata.  A
- * few syscache probes, cheap enough for every call.
- */
-bool
-ledger_schema_has_holds(void)
+/* The OID of the ledger extension in this database, or InvalidOid. */
+Oid
+ledger_extension_oid(void)
 {
-	Oid			nsp = get_namespace_oid("ledger", true);
-	Oid			relid;
-
-	if (!OidIsValid(nsp))
-		return false;
-	relid = get_relname_relid("hold_ends", nsp);
-	return OidIsValid(relid);
+	return get_extension_oid("ledger", true);
 }
 
 /*
- * Is this server a node of a cluster of ledgers: ledger.node_id set, and
- * the schema 1.3 or later?
+ * Which schema does this database hold?  The library serves its own
+ * version's only: a database with an earlier one waits for ALTER EXTENSION
+ * ledger UPDATE (its queued events stay queued).  Told by the object each
+ * version added last, so that asking costs two syscache probes.
  */
+LedgerSchema
+ledger_schema(void)
+{
+	Oid			nsp = get_namespace_oid("ledger", true);
+
+	if (!OidIsValid(nsp))
+		return LEDGER_SCHEMA_NONE;
+	/* 1.5's */
+	if (OidIsValid(get_relname_relid("account_holds", nsp)))
+		return LEDGER_SCHEMA_CURRENT;
+	return LEDGER_SCHEMA_OLDER;
+}
+
+/* Refuse to enqueue into a schema the library does not serve. */
+void
+ledger_require_schema(void)
+{
+	if (ledger_schema() != LEDGER_SCHEMA_CURRENT)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the ledger extension must be updated to use this version of its library"),
+				 errdetail("The library is version %s; the events already queued wait for the update.",
+						   LEDGER_VERSION),
+				 errhint("Run ALTER EXTENSION ledger UPDATE.")));
+}
+
+/* Is this server a node of a cluster of ledgers? */
 bool
 ledger_in_cluster(void)
 {
-	Oid			nsp;
+	return ledger_node_id != 0;
+}
 
-	if (ledger_node_id == 0)
-		return false;
-	nsp = get_namespace_oid("ledger", true);
-	return OidIsValid(nsp) && OidIsValid(get_relname_relid("transit", nsp));
+/* The name of an event kind, as ledger.kind_name() gives it in SQL. */
+const char *
+ledger_kind_name(char kind)
+{
+	switch (kind)
+	{
+		case LEDGER_DEPOSIT:
+			return "deposit";
+		case LEDGER_WITHDRAW:
+			return "withdraw";
+		case LEDGER_TRANSFER:
+			return "transfer";
+		case LEDGER_DISBURSE:
+			return "disburse";
+		case LEDGER_HOLD:
+			return "hold";
+		case LEDGER_POST:
+			return "post";
+		case LEDGER_VOID:
+			return "void";
+		case LEDGER_CREDIT:
+			return "credit";
+	}
+	return "unknown";
+}
+
+/* ledger_supply_bound() - LEDGER_BUCKET_SUPPLY, for SQL */
+PG_FUNCTION_INFO_V1(ledger_supply_bound);
+Datum
+ledger_supply_bound(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(LEDGER_BUCKET_SUPPLY);
 }
 
 /*
@@ -337,4 +385,12 @@ check_currency_code(char **newval, void **extra, GucSource source)
 	GUC_check_errdetail("A currency code is an upper-case letter followed by at most %d upper-case letters, digits or underscores.",
 						LEDGER_MAX_CURRENCY_LENGTH - 1);
 	return false;
+}
+
+/* ledger.external_account(bucket, currency) - LEDGER_EXTERNAL_ACCOUNT, for SQL */
+PG_FUNCTION_INFO_V1(ledger_external_account);
+Datum
+ledger_external_account(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64(LEDGER_EXTERNAL_ACCOUNT(PG_GETARG_INT32(0), PG_GETARG_INT32(1)));
 }

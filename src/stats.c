@@ -26,6 +26,7 @@
 static const char *const state_names[] = {
 	[LEDGER_STATE_STOPPED] = "stopped",
 	[LEDGER_STATE_WAITING] = "waiting for extension",
+	[LEDGER_STATE_OUTDATED] = "waiting for extension update",
 	[LEDGER_STATE_IDLE] = "idle",
 	[LEDGER_STATE_APPLYING] = "applying",
 	[LEDGER_STATE_PAUSED] = "paused",

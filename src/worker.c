@@ -82,6 +82,34 @@ report_batch(int index, const LedgerBatchCounts *counts, instr_time start)
 }
 
 /*
+ * No extension to serve, or one of an earlier version: say so, in the log
+ * once for each time it happens.
+ */
+static void
+wait_for_schema(LedgerSchema schema)
+{
+	static LedgerSchema reported = LEDGER_SCHEMA_CURRENT;
+
+	if (schema == LEDGER_SCHEMA_NONE)
+	{
+		ledger_set_state(my_worker, LEDGER_STATE_WAITING);
+		pgstat_report_activity(STATE_IDLE, "waiting for CREATE EXTENSION ledger");
+	}
+	else
+	{
+		ledger_set_state(my_worker, LEDGER_STATE_OUTDATED);
+		pgstat_report_activity(STATE_IDLE, "waiting for ALTER EXTENSION ledger UPDATE");
+		if (reported != schema)
+			ereport(LOG,
+					(errmsg("ledger worker %d waits for the extension to be updated", my_worker),
+					 errdetail("Database \"%s\" holds the schema of an earlier version than the library's (%s); its queued events wait.",
+							   ledger_database, LEDGER_VERSION),
+					 errhint("Run ALTER EXTENSION ledger UPDATE in that database.")));
+	}
+	reported = schema;
+}
+
+/*
  * Apply one batch of each served bucket.  Returns true when some bucket had
  * a full batch, so more may be waiting.
  */
@@ -104,7 +132,7 @@ apply_pass(void)
 	{
 		LedgerBatchCounts counts = {0};
 		instr_time	start;
-		bool		ready;
+		LedgerSchema ready;
 		uint64		limits_before;
 		uint64		limits_after;
 
@@ -118,7 +146,7 @@ apply_pass(void)
 		limits_after = pg_atomic_read_u64(&ledger_shared->limits_generation);
 
 		ready = ledger_apply_ready(my_worker, limits_before, limits_after, &nbuckets);
-		if (ready && i < nbuckets)
+		if (ready == LEDGER_SCHEMA_CURRENT && i < nbuckets)
 		{
 			snprintf(activity, sizeof(activity),
 					 "applying a batch (bucket %d of this worker)", i);
@@ -132,19 +160,23 @@ apply_pass(void)
 		CommitTransactionCommand();
 		pgstat_report_stat(false);
 
-		if (!ready)
+		if (ready != LEDGER_SCHEMA_CURRENT)
 		{
-			ledger_set_state(my_worker, LEDGER_STATE_WAITING);
-			pgstat_report_activity(STATE_IDLE, "waiting for CREATE EXTENSION ledger");
+			wait_for_schema(ready);
 			return false;
 		}
-		if (counts.read > 0 || counts.expired > 0)
+		if (counts.read > counts.deferred || counts.expired > 0)
 		{
 			/* counted first, so that whoever the announcement wakes sees it */
 			report_batch(i, &counts, start);
 			ledger_announce_batch();
 		}
-		if (counts.read >= ledger_batch_size)
+
+		/*
+		 * Entries left queued are no work: a bucket holding only those
+		 * sleeps until woken (a credit arrives) or the poll interval ends.
+		 */
+		if (counts.read - counts.deferred >= ledger_batch_size)
 			more = true;
 	}
 	ledger_set_state(my_worker, LEDGER_STATE_IDLE);

@@ -1,0 +1,287 @@
+/*-------------------------------------------------------------------------
+ *
+ * transfer_many.c
+ *	  ledger_transfer_many(): many transfers in one call, one commit.
+ *
+ * Each transfer is checked as ledger_transfer() checks it, and an error
+ * about one names it in its context ("transfer N of the batch").  Then the
+ * new ones go into the queue with one statement.  Their ids are drawn in
+ * call order, so that each bucket applies them in that order.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "commands/sequence.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+
+#include "enqueue.h"
+
+/* Error context naming the element of a batch being checked. */
+static void
+batch_element_context(void *arg)
+{
+	int			element = *(int *) arg;
+
+	if (element > 0)
+		errcontext("transfer %d of the batch", element);
+}
+
+/* The optional text[] or jsonb[] argument, one element per transfer. */
+static Datum *
+get_elements(FunctionCallInfo fcinfo, int argno, Oid type, const char *name,
+			 const char *elements, int n, bool **nulls)
+{
+	ArrayType  *array;
+	Datum	   *elems;
+	int			nelems;
+
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+		return NULL;
+	array = PG_GETARG_ARRAYTYPE_P(argno);
+	if (ARR_NDIM(array) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("%s must be a one-dimensional array", name)));
+	deconstruct_array(array, type, -1, false, TYPALIGN_INT, &elems, nulls, &nelems);
+	if (nelems != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must have one element per transfer", name),
+				 errdetail("There are %d transfers and %d %s.", n, nelems, elements)));
+	return elems;
+}
+
+/* Queue the transfers of the columns given (n of them), in one statement. */
+static void
+insert_transfers(Datum **columns, bool *metadata_nulls, bool with_metadata, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr metadata_plan = NULL;
+	Oid			argtypes[6] = {INT4ARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
+		INT8ARRAYOID, INT8ARRAYOID, JSONBARRAYOID};
+	Datum		args[6];
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	int			i;
+
+	args[0] = PointerGetDatum(construct_array(columns[0], n, INT4OID, 4,
+											  true, TYPALIGN_INT));
+	for (i = 1; i < 5; i++)
+		args[i] = ledger_bigint_array(columns[i], n);
+	if (with_metadata)
+	{
+		ledger_prepare_plan(&metadata_plan,
+							"INSERT INTO ledger.queue (bucket, seq, id, kind, account_id,"
+							" to_account, amount, enqueued_at, metadata)"
+							" SELECT u.bucket, u.id, u.id, 't', u.account_id, u.to_account,"
+							"        u.amount, statement_timestamp(), u.metadata"
+							"   FROM unnest($1, $2, $3, $4, $5, $6)"
+							"        AS u(bucket, id, account_id, to_account, amount, metadata)",
+							6, argtypes);
+		args[5] = PointerGetDatum(construct_md_array(columns[5], metadata_nulls,
+													 1, dims, lbs, JSONBOID, -1,
+													 false, TYPALIGN_INT));
+	}
+	else
+		ledger_prepare_plan(&plan,
+							"INSERT INTO ledger.queue (bucket, seq, id, kind, account_id,"
+							" to_account, amount, enqueued_at)"
+							" SELECT u.bucket, u.id, u.id, 't', u.account_id, u.to_account,"
+							"        u.amount, statement_timestamp()"
+							"   FROM unnest($1, $2, $3, $4, $5)"
+							"        AS u(bucket, id, account_id, to_account, amount)",
+							5, argtypes);
+	if (SPI_execute_plan(with_metadata ? metadata_plan : plan, args, NULL, false, 0) !=
+		SPI_OK_INSERT)
+		elog(ERROR, "could not enqueue transfers");
+}
+
+/*
+ * ledger_transfer_many(from_accounts[], to_accounts[], amounts[],
+ * idempotency_keys[], metadata[]) - enqueue many transfers in one call, each
+ * under the rules of ledger_transfer(); return their event ids in order.
+ * One bad element fails the whole call, naming the element.  Elements that
+ * share an idempotency key must be the same transfer: they get one event.
+ */
+PG_FUNCTION_INFO_V1(ledger_transfer_many);
+Datum
+ledger_transfer_many(PG_FUNCTION_ARGS)
+{
+	ErrorContextCallback errcallback;
+	LedgerCall	call;
+	int64	   *from;
+	int64	   *to;
+	int64	   *amounts;
+	Datum	   *keys;
+	bool	   *key_nulls = NULL;
+	Datum	   *metadata;
+	bool	   *metadata_nulls = NULL;
+	Movement   *moves;
+	KeyedRequest *reqs;
+	int64	   *ids;
+	int64	   *involved;
+	int64	   *payers;
+	int		   *adding;
+	int			npayers;
+	AccountInfo *info;
+	bool	   *is_new;
+	Datum	   *columns[6];
+	int			n;
+	int			nto;
+	int			namounts;
+	int			nqueued = 0;
+	int			nbulk = 0;
+	bool	   *bulk_nulls;
+	int			element = 0;
+	Oid			seq;
+	int			i;
+
+	ledger_require_arg(fcinfo, 0, "from_accounts");
+	ledger_require_arg(fcinfo, 1, "to_accounts");
+	ledger_require_arg(fcinfo, 2, "amounts");
+	from = ledger_get_bigint_array(PG_GETARG_ARRAYTYPE_P(0), "from_accounts", &n);
+	to = ledger_get_bigint_array(PG_GETARG_ARRAYTYPE_P(1), "to_accounts", &nto);
+	amounts = ledger_get_bigint_array(PG_GETARG_ARRAYTYPE_P(2), "amounts", &namounts);
+	if (nto != n || namounts != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("from_accounts, to_accounts and amounts must have the same length"),
+				 errdetail("They have %d, %d and %d elements.", n, nto, namounts)));
+	keys = get_elements(fcinfo, 3, TEXTOID, "idempotency_keys", "keys", n,
+						&key_nulls);
+	metadata = get_elements(fcinfo, 4, JSONBOID, "metadata", "metadata elements", n,
+							&metadata_nulls);
+	if (n == 0)
+		PG_RETURN_ARRAYTYPE_P(construct_empty_array(INT8OID));
+
+	/* errors about one element name it */
+	errcallback.callback = batch_element_context;
+	errcallback.arg = &element;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	moves = palloc0(sizeof(Movement) * n);
+	for (i = 0; i < n; i++)
+	{
+		Movement   *m = &moves[i];
+
+		element = i + 1;
+		ledger_check_transfer(from[i], to[i], amounts[i]);
+		m->kind = LEDGER_TRANSFER;
+		m->account_id = from[i];
+		m->to_account = to[i];
+		m->amount = amounts[i];
+		m->npayees = 1;
+		m->payees = &to[i];
+		m->amounts = &amounts[i];
+		if (keys && !key_nulls[i])
+		{
+			m->idempotency_key = DatumGetTextPP(keys[i]);
+			ledger_check_key_length(m->idempotency_key);
+		}
+		if (metadata && !metadata_nulls[i])
+		{
+			m->metadata = DatumGetJsonbP(metadata[i]);
+			ledger_check_metadata(m->metadata);
+		}
+	}
+	element = 0;
+
+	ledger_require_schema();
+	ledger_call_begin(fcinfo, &call);
+	SPI_connect();
+
+	/* every account involved, its bucket, currency and owner */
+	involved = palloc(sizeof(int64) * 2 * n);
+	memcpy(involved, from, sizeof(int64) * n);
+	memcpy(involved + n, to, sizeof(int64) * n);
+	info = ledger_lookup_accounts(involved, 2 * n);
+	for (i = 0; i < n; i++)
+	{
+		element = i + 1;
+		(void) ledger_account_bucket(info, from[i]);
+		(void) ledger_account_bucket(info, to[i]);
+		ledger_check_same_currency(info, from[i], to[i]);
+		(void) ledger_payer_bucket(info, from[i]);
+		ledger_check_debit(&call, from[i], ledger_account_owner(info, from[i]));
+	}
+	element = 0;
+
+	/* ids in call order, so that the transfers apply in that order */
+	seq = ledger_event_id_seq();
+	ids = palloc(sizeof(int64) * n);
+	reqs = palloc0(sizeof(KeyedRequest) * n);
+	for (i = 0; i < n; i++)
+	{
+		ids[i] = nextval_internal(seq, false);
+		if (moves[i].idempotency_key != NULL)
+			ledger_movement_request(&moves[i], &reqs[i]);
+	}
+	is_new = ledger_claim_keys(call.caller, reqs, ids, n, &element);
+
+	/*
+	 * The new transfers: those whose payer an earlier event of the
+	 * transaction credits from another bucket wait for it (order.c), and are
+	 * queued one by one; the others together.
+	 */
+	for (i = 0; i < 6; i++)
+		columns[i] = palloc(sizeof(Datum) * n);
+	bulk_nulls = palloc(sizeof(bool) * n);
+	payers = palloc(sizeof(int64) * n);
+	adding = palloc0(sizeof(int) * n);
+	for (i = 0; i < n; i++)
+	{
+		Movement   *m = &moves[i];
+		int			bucket = ledger_payer_bucket(info, from[i]);
+		int			to_bucket = ledger_account_bucket(info, to[i]);
+
+		if (!is_new[i])
+			continue;
+		payers[nqueued] = from[i];
+		m->waits_from = ledger_credited_from(from[i]);
+		if (to_bucket >= 0 && to_bucket != bucket)
+			ledger_note_credit(to[i], ids[i]);
+		if (m->waits_from != 0)
+			ledger_insert_queue_row(m, bucket, ids[i]);
+		else
+		{
+			columns[0][nbulk] = Int32GetDatum(bucket);
+			columns[1][nbulk] = Int64GetDatum(ids[i]);
+			columns[2][nbulk] = Int64GetDatum(from[i]);
+			columns[3][nbulk] = Int64GetDatum(to[i]);
+			columns[4][nbulk] = Int64GetDatum(amounts[i]);
+			columns[5][nbulk] = PointerGetDatum(m->metadata);
+			bulk_nulls[nbulk] = m->metadata == NULL;
+			nbulk++;
+		}
+		nqueued++;
+		ledger_wake_at_commit(bucket);
+	}
+
+	/* how many each payer adds, for the spam guard */
+	qsort(payers, nqueued, sizeof(int64), ledger_cmp_int64);
+	npayers = 0;
+	for (i = 0; i < nqueued; i++)
+	{
+		if (npayers == 0 || payers[npayers - 1] != payers[i])
+			payers[npayers++] = payers[i];
+		adding[npayers - 1]++;
+	}
+	for (i = 0; i < npayers; i++)
+		ledger_guard_check(payers[i], adding[i]);
+	if (nbulk > 0)
+		insert_transfers(columns, bulk_nulls, metadata != NULL, nbulk);
+	for (i = 0; i < npayers; i++)
+		ledger_guard_add(payers[i], adding[i]);
+
+	SPI_finish();
+	ledger_call_end(&call);
+	error_context_stack = errcallback.previous;
+
+	PG_RETURN_DATUM(ledger_int64_array(ids, n));
+}
