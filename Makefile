@@ -15,7 +15,7 @@ PG_CFLAGS = -Werror -Wall -Wmissing-prototypes
 override CONTRIB_TESTDB = ledger_regress
 override ISOLATION_TESTDB = ledger_regress
 
-REGRESS = upgrade api errors rejections buckets breakpoints verify security operations \
+REGRESS = upgrade api errors rejections buckets breakpoints verify security trust operations \
 	holds limits currencies metadata asof
 REGRESS_OPTS = --inputdir=test --outputdir=test \
 	--temp-config=test/ledger.conf --temp-instance=test/tmp_check

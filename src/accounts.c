@@ -219,9 +219,9 @@ int64_or(HeapTuple row, TupleDesc desc, int column, int64 otherwise)
 
 /* What an account owes: what its holds and debits take beyond its money. */
 static int128
-owed(int64 balance, int64 held)
+owed(int128 balance, int64 held)
 {
-	int128		beyond = (int128) held - balance;
+	int128		beyond = held - balance;
 
 	return beyond > 0 ? beyond : 0;
 }
@@ -309,7 +309,7 @@ ledger_supply_reset(void)
  * balance and open holds these?
  */
 static bool
-within_supply(AccountState *acct, int64 balance, int64 held)
+within_supply(AccountState *acct, int128 balance, int64 held)
 {
 	int128		more = owed(balance, held) - owed(acct->balance, acct->held);
 
@@ -537,8 +537,8 @@ bool
 ledger_can_debit(AccountState *acct, int64 amount, TimestampTz now,
 				 const char **reason)
 {
-	int128		available;
-	int64		result;
+	int128		after = (int128) acct->balance - amount;
+	int128		available = after - acct->held;
 
 	if (acct->max_amount != LEDGER_NO_LIMIT && amount > acct->max_amount)
 	{
@@ -552,12 +552,6 @@ ledger_can_debit(AccountState *acct, int64 amount, TimestampTz now,
 		*reason = "daily_debit_limit";
 		return false;
 	}
-	if (pg_sub_s64_overflow(acct->balance, amount, &result))
-	{
-		*reason = "overflow";
-		return false;
-	}
-	available = (int128) result - acct->held;
 	if (acct->overdraft_limit != LEDGER_NO_LIMIT)
 	{
 		if (available < -(int128) acct->overdraft_limit)
@@ -571,9 +565,15 @@ ledger_can_debit(AccountState *acct, int64 amount, TimestampTz now,
 		*reason = "insufficient_funds";
 		return false;
 	}
-	if (!within_supply(acct, result, acct->held))
+	if (!within_supply(acct, after, acct->held))
 	{
 		*reason = "supply_limit";
+		return false;
+	}
+	/* only a ledger that was past the supply bound before 1.5 gets here */
+	if (after < PG_INT64_MIN)
+	{
+		*reason = "overflow";
 		return false;
 	}
 	return true;

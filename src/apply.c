@@ -756,10 +756,12 @@ end_hold(BatchOutput *out, HoldState *hold, char status, int64 event_id,
 	v[HOLD_ENDS_ENDED_AT] = TimestampTzGetDatum(out->now);
 	ledger_bulk_add_row(out->hold_ends, slot);
 
-	/* the payer was loaded with the batch's accounts, or by expire_holds() */
-	if (payer == NULL || !payer->owned)
-		elog(ERROR, "the payer of hold " INT64_FORMAT " is not loaded", hold->id);
-	ledger_account_set(payer, payer->balance, payer->held - hold->amount);
+	/*
+	 * The payer was loaded with the batch's accounts, or by expire_holds();
+	 * only a database restored in pieces could lack it.
+	 */
+	if (payer != NULL && payer->owned)
+		ledger_account_set(payer, payer->balance, payer->held - hold->amount);
 	ledger_hold_ended(hold, status);
 }
 

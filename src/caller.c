@@ -81,10 +81,16 @@ ledger_call_end(LedgerCall *call)
 void
 ledger_check_debit(LedgerCall *call, int64 account_id, Oid owner)
 {
-	if (OidIsValid(owner) && !has_privs_of_role(call->caller, owner))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied to debit account " INT64_FORMAT, account_id),
-				 errdetail("The account belongs to role \"%s\"; only its members may move money out of it.",
-						   GetUserNameFromId(owner, true) ? GetUserNameFromId(owner, true) : "(dropped)")));
+	char	   *name;
+
+	if (!OidIsValid(owner) || has_privs_of_role(call->caller, owner))
+		return;
+	name = GetUserNameFromId(owner, true);
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied to debit account " INT64_FORMAT, account_id),
+			 name ?
+			 errdetail("The account belongs to role \"%s\"; only its members may move money out of it.",
+					   name) :
+			 errdetail("The account belonged to a role that was dropped; only superusers may move money out of it.")));
 }

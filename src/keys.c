@@ -256,47 +256,31 @@ ledger_claim_keys(Oid role, KeyedRequest *reqs, int64 *ids, int n, int *element)
 	 * request, and the first of them claims it.
 	 */
 	qsort(sorted, nsorted, sizeof(KeyedRequest *), compare_keys);
-	keys = palloc(sizeof(Datum) * nsorted);
-	key_ids = palloc(sizeof(Datum) * nsorted);
-	kinds = palloc(sizeof(Datum) * nsorted);
-	requests = palloc(sizeof(Datum) * nsorted);
-	for (i = 0; i < nsorted; i++)
+	for (i = 1; i < nsorted; i++)
 	{
 		KeyedRequest *req = sorted[i];
 		int			k = req - reqs;
 
-		if (i > 0 && same_key(sorted[i - 1], req))
-		{
-			KeyedRequest *earlier = &reqs[first[sorted[i - 1] - reqs]];
-
-			first[k] = earlier - reqs;
-			if (req->kind != earlier->kind ||
-				memcmp(req->request, earlier->request, LEDGER_REQUEST_SIZE) != 0)
-			{
-				*element = k + 1;
-				report_reuse(req, 0, earlier->kind, earlier->request);
-			}
+		if (!same_key(sorted[i - 1], req))
 			continue;
+		first[k] = first[sorted[i - 1] - reqs];
+		if (req->kind != reqs[first[k]].kind ||
+			memcmp(req->request, reqs[first[k]].request, LEDGER_REQUEST_SIZE) != 0)
+		{
+			*element = k + 1;
+			report_reuse(req, 0, reqs[first[k]].kind, reqs[first[k]].request);
 		}
-		keys[nunique] = PointerGetDatum(req->key);
-		key_ids[nunique] = Int64GetDatum(ids[k]);
-		kinds[nunique] = CharGetDatum(req->kind);
-		requests[nunique] = request_datum(req->request);
-		nunique++;
 	}
 
-	args[0] = ObjectIdGetDatum(role);
-	args[1] = PointerGetDatum(construct_array(keys, nunique, TEXTOID, -1, false,
-											  TYPALIGN_INT));
-	args[2] = ledger_bigint_array(key_ids, nunique);
-	args[3] = PointerGetDatum(construct_array(kinds, nunique, CHAROID, 1, true,
-											  TYPALIGN_CHAR));
-	args[4] = PointerGetDatum(construct_array(requests, nunique, BYTEAOID, -1, false,
-											  TYPALIGN_INT));
-
 	/* keys of earlier versions answer first, whoever asks */
+	args[0] = ObjectIdGetDatum(role);
 	if (have_legacy_keys())
 	{
+		keys = palloc(sizeof(Datum) * nsorted);
+		for (i = 0; i < nsorted; i++)
+			keys[i] = PointerGetDatum(sorted[i]->key);
+		args[1] = PointerGetDatum(construct_array(keys, nsorted, TEXTOID, -1, false,
+												  TYPALIGN_INT));
 		ledger_prepare_plan(&legacy_plan,
 							"SELECT i.key, i.event_id FROM ledger.idempotency i"
 							" WHERE i.role = 0 AND i.key = ANY ($2)",
@@ -318,6 +302,33 @@ ledger_claim_keys(Oid role, KeyedRequest *reqs, int64 *ids, int n, int *element)
 			}
 		}
 	}
+
+	/* the others are claimed for the role */
+	keys = palloc(sizeof(Datum) * nsorted);
+	key_ids = palloc(sizeof(Datum) * nsorted);
+	kinds = palloc(sizeof(Datum) * nsorted);
+	requests = palloc(sizeof(Datum) * nsorted);
+	for (i = 0; i < nsorted; i++)
+	{
+		int			k = sorted[i] - reqs;
+
+		if (first[k] != k || !is_new[k])
+			continue;
+		keys[nunique] = PointerGetDatum(reqs[k].key);
+		key_ids[nunique] = Int64GetDatum(ids[k]);
+		kinds[nunique] = CharGetDatum(reqs[k].kind);
+		requests[nunique] = request_datum(reqs[k].request);
+		nunique++;
+	}
+	if (nunique == 0)
+		goto answered;
+	args[1] = PointerGetDatum(construct_array(keys, nunique, TEXTOID, -1, false,
+											  TYPALIGN_INT));
+	args[2] = ledger_bigint_array(key_ids, nunique);
+	args[3] = PointerGetDatum(construct_array(kinds, nunique, CHAROID, 1, true,
+											  TYPALIGN_CHAR));
+	args[4] = PointerGetDatum(construct_array(requests, nunique, BYTEAOID, -1, false,
+											  TYPALIGN_INT));
 
 	ledger_prepare_plan(&insert_plan,
 						"INSERT INTO ledger.idempotency (role, key, event_id, kind, request)"
@@ -366,6 +377,7 @@ ledger_claim_keys(Oid role, KeyedRequest *reqs, int64 *ids, int n, int *element)
 		is_new[i] = false;
 	}
 
+answered:
 	/* the later requests of a key get the first's answer */
 	for (i = 0; i < n; i++)
 	{

@@ -1,15 +1,15 @@
 -- Money moving across buckets: each account belongs to bucket (id mod 2) and
 -- its bucket's worker posts its legs; a payment across buckets is debited in
 -- the payer's bucket and credited in the payee's.  Events of one paying
--- account apply in the order they were enqueued.  Idempotency keys hold
--- across calls, functions and buckets.
+-- account apply in the order they were enqueued.  An idempotency key names
+-- one request.
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS ledger;
 RESET client_min_messages;
 
 SELECT ledger_open_account(id) FROM generate_series(3001, 3008) id;
 SELECT id, allow_negative, bucket FROM ledger.accounts
- WHERE id BETWEEN 3001 AND 3008 OR id <= 0
+ WHERE id BETWEEN 3001 AND 3008 OR (id <= 0 AND currency = 0)
  ORDER BY bucket, id;
 
 CREATE TEMP TABLE ev (ord serial, label text NOT NULL, id bigint NOT NULL);
@@ -92,14 +92,15 @@ SELECT e.label, x.status, x.reason
 -- 3008: 5 from 3007, + 30 - 20 - 11 - 1 = 3
 SELECT account, balance FROM balances WHERE account IN (3007, 3008);
 
--- idempotency: a key names one event, whatever call repeats it, in any
--- bucket, in the same transaction or later, applied or rejected
+-- idempotency: a key names one request, and the call that repeats it gets
+-- its event, in the same transaction or later, applied or rejected; any
+-- other call with the key is refused, naming what differs (trust.sql has
+-- every case)
 SELECT ledger_deposit(3005, 111, 'bk-1') AS k1 \gset
-SELECT ledger_deposit(3005, 111, 'bk-1') = :k1 AS same_call,
-       ledger_deposit(3005, 999, 'bk-1') = :k1 AS other_amount,
-       ledger_withdraw(3006, 5, 'bk-1') = :k1 AS other_function_and_bucket,
-       ledger_transfer(3002, 3001, 1, 'bk-1') = :k1 AS transfer,
-       ledger_disburse(3002, '{3001}', '{1}', 'bk-1') = :k1 AS disburse;
+SELECT ledger_deposit(3005, 111, 'bk-1') = :k1 AS same_call;
+SELECT ledger_deposit(3005, 999, 'bk-1');
+SELECT ledger_withdraw(3006, 5, 'bk-1');
+SELECT ledger_deposit(3006, 111, 'bk-1');
 SELECT count(*) AS queued_or_recorded FROM (
   SELECT id FROM ledger.queue WHERE id = :k1
   UNION ALL SELECT id FROM ledger.events WHERE id = :k1) s;
@@ -119,8 +120,8 @@ SELECT :k3 <> :k3_rolled_back AS new_event;
 -- a rejected event keeps its key: retrying returns the rejection
 SELECT ledger_withdraw(3006, 1000000, 'bk-4') AS k4 \gset
 SELECT ledger_wait(:k2, 30000), ledger_wait(:k3, 30000), ledger_wait(:k4, 30000);
-SELECT ledger_withdraw(3006, 1, 'bk-4') = :k4 AS same_rejected_event,
-       ledger_event_status(ledger_withdraw(3006, 1, 'bk-4')) AS status;
+SELECT ledger_withdraw(3006, 1000000, 'bk-4') = :k4 AS same_rejected_event,
+       ledger_event_status(ledger_withdraw(3006, 1000000, 'bk-4')) AS status;
 -- keys are compared exactly
 SELECT ledger_deposit(3006, 1, 'BK-1') <> :k1 AS case_matters,
        ledger_deposit(3006, 1, 'bk-1 ') <> :k1 AS spaces_matter;

@@ -1,6 +1,7 @@
--- What the workers refuse: events that would overdraw an account or overflow
--- a balance are rejected with a reason and post nothing, disbursements all
--- or nothing.  Waits happen in one statement, reads in the next.
+-- What the workers refuse: events that would overdraw an account or take
+-- its bucket past the supply bound are rejected with a reason and post
+-- nothing, disbursements all or nothing.  Waits happen in one statement,
+-- reads in the next.
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS ledger;
 RESET client_min_messages;
@@ -64,25 +65,39 @@ SELECT ledger_balance(2001) AS "2001", ledger_balance(2002) AS "2002",
        ledger_balance(2003) AS "2003", ledger_balance(2004) AS "2004",
        ledger_balance(2005) AS "2005", ledger_balance(2007) AS "2007";
 
--- overflow: 2003 is brought to 10 below the largest bigint by 2005, which
--- may go negative, then deposits and transfers into 2003 and withdrawals
--- from 2005 hit the ends of bigint
-INSERT INTO ev (label, id) VALUES ('b1 transfer 2005->2003 to max-10', ledger_transfer(2005, 2003, 9223372036854775397));
-INSERT INTO ev (label, id) VALUES ('b2 deposit 2003 11', ledger_deposit(2003, 11));
-INSERT INTO ev (label, id) VALUES ('b3 deposit 2003 10', ledger_deposit(2003, 10));
-INSERT INTO ev (label, id) VALUES ('b4 transfer 2007->2003 1', ledger_transfer(2007, 2003, 1));
-INSERT INTO ev (label, id) VALUES ('b5 disburse 2007 to 2001,2003', ledger_disburse(2007, '{2001,2003}', '{5,1}'));
-INSERT INTO ev (label, id) VALUES ('b6 disburse 2007 to 2001,2002', ledger_disburse(2007, '{2001,2002}', '{5,1}'));
-INSERT INTO ev (label, id) VALUES ('b7 withdraw 2005 112', ledger_withdraw(2005, 112));
-INSERT INTO ev (label, id) VALUES ('b8 withdraw 2005 111', ledger_withdraw(2005, 111));
-INSERT INTO ev (label, id) VALUES ('b9 transfer 2005->2001 1', ledger_transfer(2005, 2001, 1));
-INSERT INTO ev (label, id) VALUES ('b10 deposit 2005 1', ledger_deposit(2005, 1));
-INSERT INTO ev (label, id) VALUES ('b11 transfer 2003->2005 max', ledger_transfer(2003, 2005, 9223372036854775807));
-
+-- The supply bound: in each bucket and currency, the accounts may owe at
+-- most ledger_supply_bound() (what negative balances and holds take beyond
+-- the money), so that no balance can overflow.  A currency of its own
+-- here, REJ, so that only this section's events count: 2011 (may go
+-- negative), 2013 and 2015 in bucket 1, 2012 in bucket 0.
+SELECT ledger_supply_bound() AS bound \gset
+SELECT ledger_open_account(2011, true, 'REJ'), ledger_open_account(2012, false, 'REJ'),
+       ledger_open_account(2013, false, 'REJ'), ledger_open_account(2015, false, 'REJ');
+INSERT INTO ev (label, id) VALUES ('b1 deposit 2013 the bound', ledger_deposit(2013, :bound));
+INSERT INTO ev (label, id) VALUES ('b2 deposit 2013 1', ledger_deposit(2013, 1));
+INSERT INTO ev (label, id) VALUES ('b3 deposit 2015 max', ledger_deposit(2015, 9223372036854775807));
+INSERT INTO ev (label, id) VALUES ('b4 transfer 2011->2013 1', ledger_transfer(2011, 2013, 1));
+INSERT INTO ev (label, id) VALUES ('b5 withdraw 2013 10', ledger_withdraw(2013, 10));
+INSERT INTO ev (label, id) VALUES ('b6 transfer 2011->2012 10', ledger_transfer(2011, 2012, 10));
+INSERT INTO ev (label, id) VALUES ('b7 transfer 2011->2012 1', ledger_transfer(2011, 2012, 1));
+INSERT INTO ev (label, id) VALUES ('b8 hold 2011->2013 1', ledger_hold(2011, 2013, 1));
+INSERT INTO ev (label, id) VALUES ('b9 transfer 2013->2011 10', ledger_transfer(2013, 2011, 10));
+INSERT INTO ev (label, id) VALUES ('b10 hold 2011->2013 10', ledger_hold(2011, 2013, 10));
+INSERT INTO ev (label, id) VALUES ('b11 deposit 2015 1', ledger_deposit(2015, 1));
+INSERT INTO ev (label, id)
+	SELECT 'b12 void b10', ledger_void(id) FROM ev WHERE label LIKE 'b10 %';
+INSERT INTO ev (label, id) VALUES ('b13 deposit 2015 10', ledger_deposit(2015, 10));
+INSERT INTO ev (label, id) VALUES ('b14 transfer 2013->2015 max', ledger_transfer(2013, 2015, 9223372036854775807));
 SELECT ord, label, ledger_wait(id, 30000) FROM ev WHERE label LIKE 'b%' ORDER BY ord;
-SELECT ledger_balance(2001) AS "2001", ledger_balance(2002) AS "2002",
-       ledger_balance(2003) AS "2003", ledger_balance(2004) AS "2004",
-       ledger_balance(2005) AS "2005", ledger_balance(2007) AS "2007";
+-- a maximal deposit into a fresh bucket and currency does not use it up
+INSERT INTO ev (label, id) VALUES ('c1 deposit 2012 max', ledger_deposit(2012, 9223372036854775807));
+INSERT INTO ev (label, id) VALUES ('c2 deposit 2012 5', ledger_deposit(2012, 5));
+SELECT ord, label, ledger_wait(id, 30000) FROM ev WHERE label LIKE 'c%' ORDER BY ord;
+SELECT ledger_balance(2011) AS "2011", ledger_balance(2012) AS "2012",
+       ledger_balance(2013) AS "2013", ledger_balance(2015) AS "2015",
+       ledger_available(2011) AS "available 2011";
+-- bucket 1 owes the whole bound in REJ: the operator is told
+SELECT problem, bucket, detail FROM ledger_health('1 hour') WHERE problem = 'supply';
 
 -- every event as ledger_event() tells it, one of each kind applied and rejected
 SELECT e.label, x.kind, x.account_id, x.to_accounts, x.amounts, x.amount,
@@ -98,11 +113,12 @@ SELECT e.label, count(t.id) AS legs, coalesce(sum(t.amount), 0) AS sum,
  GROUP BY e.ord, e.label
  ORDER BY e.ord;
 
--- the balances near the ends of bigint, as the legs recorded them
-SELECT account_id, amount, balance_after
-  FROM ledger.transactions
- WHERE account_id IN (2003, 2005)
- ORDER BY account_id, id;
+-- what the accounts at the bound owe, as the legs recorded it
+SELECT t.account_id, t.amount, t.balance_after
+  FROM ledger.transactions t JOIN ledger.accounts a ON a.id = t.account_id
+ WHERE a.currency = (SELECT no FROM ledger.currencies WHERE code = 'REJ')
+   AND a.bucket = 1 AND a.allow_negative
+ ORDER BY t.account_id, t.id;
 
 -- nothing is left in the queue for these events, and the ledger is sound
 SELECT count(*) AS queued FROM ledger.queue q JOIN ev e ON e.id = q.id;

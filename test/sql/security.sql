@@ -1,7 +1,9 @@
 -- The security model: the history cannot be changed, not even by a
 -- superuser who does not first set the guard aside; members of
--- ledger_client use the API and nothing else; other roles cannot even do
--- that; and the API does the same whatever the caller's search_path holds.
+-- ledger_client move money between existing accounts and read; members of
+-- ledger_operator also open accounts, move money across the ledger's edge,
+-- set limits, run the workers and audit; other roles cannot even call; and
+-- the API does the same whatever the caller's search_path holds.
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS ledger;
 RESET client_min_messages;
@@ -54,10 +56,13 @@ SELECT ledger_balance(6001);
 
 /*
  * Roles.  regress_ledger_user logs in and is a member of ledger_client;
- * regress_ledger_outsider logs in and is not.
+ * regress_ledger_operator of ledger_operator; regress_ledger_outsider of
+ * neither.
  */
 CREATE ROLE regress_ledger_user LOGIN;
 GRANT ledger_client TO regress_ledger_user;
+CREATE ROLE regress_ledger_operator LOGIN;
+GRANT ledger_operator TO regress_ledger_operator;
 CREATE ROLE regress_ledger_outsider LOGIN;
 
 -- attempt(sql): run one query returning one text value; its SQLSTATE and
@@ -105,10 +110,27 @@ INSERT INTO calls (sql) VALUES
 ('SELECT count(*)::text FROM ledger_find_events(''{"k": 1}'')'),
 ('SELECT ledger_set_limits(6001, 0)::text'),
 ('SELECT count(*)::text FROM ledger.limits'),
-('SELECT set_config(''ledger.max_pending_per_account'', ''0'', false)');
+('SELECT set_config(''ledger.max_pending_per_account'', ''0'', false)'),
+('SELECT ledger_open_account(6005, true)::text'),
+('SELECT ledger_pause(0)::text'),
+('SELECT ledger_resume(0)::text'),
+('SELECT ledger_stats_reset()::text'),
+('SELECT count(*)::text FROM ledger_stats'),
+('SELECT count(*)::text FROM ledger_health()'),
+('SELECT ledger_supply_bound()::text'),
+('SELECT count(*)::text FROM ledger_node_totals()'),
+('SELECT ledger_hold_status((SELECT min(id) FROM ev))'),
+('SELECT ledger_transfer_many(''{6001}'', ''{6002}'', ''{1}'')::text');
 
--- a member of ledger_client: the API works, the tables are out of reach
+-- a member of ledger_client: money between accounts and reads work, the
+-- operator's functions are refused, the tables are out of reach
 SET ROLE regress_ledger_user;
+SELECT current_user, c.sql, a.state, a.result
+  FROM calls c, attempt(c.sql) a ORDER BY c.ord;
+RESET ROLE;
+
+-- a member of ledger_operator: the whole API, and still not the tables
+SET ROLE regress_ledger_operator;
 SELECT current_user, c.sql, a.state, a.result
   FROM calls c, attempt(c.sql) a ORDER BY c.ord;
 RESET ROLE;
@@ -119,8 +141,9 @@ SELECT current_user, c.sql, a.state, a.result
   FROM calls c, attempt(c.sql) a ORDER BY c.ord;
 RESET ROLE;
 
--- what the member's calls did: the deposit, the two payments and the
--- withdrawal are all there, once, once the queue is drained
+-- what the members' calls did: the client's payments and hold, the
+-- operator's deposit and withdrawal and the same payments again, once
+-- each, once the queue is drained
 SELECT count(*) FILTER (WHERE s IS DISTINCT FROM 'applied' AND s IS DISTINCT FROM 'rejected') AS undecided
   FROM (SELECT ledger_wait(id, 30000) AS s FROM ledger.queue) w;
 SELECT x.kind, x.account_id, x.to_accounts, x.amounts, x.amount
@@ -165,9 +188,9 @@ CREATE TRIGGER log_insert BEFORE INSERT ON regress_hostile.queue
 GRANT USAGE ON SCHEMA regress_hostile TO PUBLIC;
 GRANT ALL ON ALL TABLES IN SCHEMA regress_hostile TO PUBLIC;
 
--- a new session of the member, so that the API prepares its queries with
+-- a new session of the operator, so that the API prepares its queries with
 -- the hostile objects in place
-\c - regress_ledger_user
+\c - regress_ledger_operator
 -- temporary tables come first for unqualified table names
 CREATE TEMP TABLE accounts (id bigint, allow_negative boolean, bucket integer);
 INSERT INTO accounts VALUES (6999, true, 1);
@@ -226,6 +249,28 @@ SET client_min_messages = warning;
 DROP SCHEMA regress_hostile CASCADE;
 RESET client_min_messages;
 DROP FUNCTION attempt(text);
+
+-- Nothing of the extension is for PUBLIC; every function's roles
+SELECT p.oid::regprocedure AS executable_by_public
+  FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid AND d.classid = 'pg_proc'::regclass
+ WHERE d.refclassid = 'pg_extension'::regclass
+   AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'ledger')
+   AND d.deptype = 'e'
+   AND EXISTS (SELECT FROM aclexplode(COALESCE(p.proacl, acldefault('f', p.proowner))) a
+				WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE');
+SELECT p.proname,
+       string_agg(DISTINCT a.grantee::regrole::text, ', ' ORDER BY a.grantee::regrole::text)
+         FILTER (WHERE a.grantee::regrole::text LIKE 'ledger\_%') AS roles
+  FROM pg_depend d JOIN pg_proc p ON p.oid = d.objid AND d.classid = 'pg_proc'::regclass
+  LEFT JOIN LATERAL aclexplode(p.proacl) a ON a.privilege_type = 'EXECUTE'
+ WHERE d.refclassid = 'pg_extension'::regclass
+   AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'ledger')
+   AND d.deptype = 'e' AND p.pronamespace <> 'ledger'::regnamespace
+ GROUP BY p.proname
+ ORDER BY p.proname;
+
 REVOKE ledger_client FROM regress_ledger_user;
+REVOKE ledger_operator FROM regress_ledger_operator;
 DROP ROLE regress_ledger_user;
+DROP ROLE regress_ledger_operator;
 DROP ROLE regress_ledger_outsider;

@@ -46,7 +46,6 @@ append_to_file($script, <<'EOS');
 \set r 1 + (:p + :k + 1) % :accounts
 \set a random(1, 300)
 \set b random(1, 300)
-\set key :phase * 1000000 + random(1, 3000)
 \set op random(1, 20)
 \if :op <= 4
 SELECT ledger_deposit(:p, :a + 200) AS id \gset
@@ -58,7 +57,7 @@ SELECT ledger_withdraw(:p, :a) AS id \gset
 SELECT ledger_transfer(:p, :q, :a) AS id \gset
 \shell echo :id >> :ackfile
 \elif :op <= 14
-SELECT ledger_transfer(:p, :q, :a, 'load-' || :key) AS id \gset
+SELECT ledger_transfer(:p, :q, :a, 'load-' || :phase || '-' || :p || '-' || :q || '-' || :a) AS id \gset
 \shell echo :id >> :ackfile
 \elif :op <= 16
 SELECT ledger_disburse(:p, ARRAY[:q, :r]::bigint[], ARRAY[:a, :b]::bigint[]) AS id \gset

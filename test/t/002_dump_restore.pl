@@ -2,9 +2,9 @@
 #
 # A source server holds a ledger with a history: accounts (some that may go
 # negative), deposits, transfers within and across buckets, disbursements,
-# ledger_transfer_many, rejections for insufficient funds and for overflow,
-# idempotency keys, breakpoints, a cross-bucket credit held back in the queue
-# (its payee's balance has no room for it), and events still pending: they
+# ledger_transfer_many, rejections for insufficient funds and for the supply
+# bound, idempotency keys, breakpoints, a cross-bucket credit queued in the
+# payee's bucket (its worker was paused), and events still pending: they
 # were enqueued after the server was restarted with ledger.database pointing
 # elsewhere, so nothing applies them.  The database is dumped with
 # pg_dump -Fc and restored on a second server, twice:
@@ -13,10 +13,10 @@
 #    balances are equal and ledger_verify() is clean;
 #  - in one transaction, into the database its workers serve
 #    (ledger.database), while they run: the restored history is intact, the
-#    pending events and then the held credit get applied, ledger_verify()
-#    stays clean, and the ledger carries on: a new transfer is applied, an
-#    old idempotency key still returns its old event and enqueues nothing,
-#    and new ids continue above the old ones.
+#    pending events and the queued credit get applied, ledger_verify() stays
+#    clean, and the ledger carries on: a new transfer is applied, an old
+#    idempotency key still returns its old event and enqueues nothing, and
+#    new ids continue above the old ones.
 use strict;
 use warnings;
 
@@ -169,9 +169,8 @@ SELECT count(ledger_transfer(1 + a % 2, 2 - a % 2, 5)) FROM generate_series(1, 1
 wait_for_queue($source, 'shop', '',
 	'source: transfers, disbursements and rejections are applied');
 
-# Account 7 gets a balance close to the largest bigint: a deposit that
-# would take the external account of bucket 1 beyond bigint, and a transfer
-# within bucket 1 that would overflow 7, are rejected.
+# Deposits near the largest bigint pass the supply bound of bucket 1 and
+# are rejected; a transfer to the account is not.
 $source->safe_psql(
 	'shop', qq{
 SELECT ledger_withdraw(9, 1000000);
@@ -179,20 +178,21 @@ SELECT ledger_deposit(7, $bigint_max - 100);
 SELECT ledger_deposit(9, $bigint_max);
 SELECT ledger_transfer(3, 7, 200);
 });
-wait_for_queue($source, 'shop', '', 'source: the overflows are decided');
+wait_for_queue($source, 'shop', '', 'source: the large deposits are decided');
 
 is( $source->safe_psql(
 		'shop', q{
 SELECT string_agg(kind::text || ':' || status::text || ':' || COALESCE(reason, '-'), ' ' ORDER BY id)
   FROM ledger.events WHERE status = 'r'}),
-	'w:r:insufficient_funds t:r:insufficient_funds s:r:insufficient_funds d:r:overflow t:r:overflow',
+	'w:r:insufficient_funds t:r:insufficient_funds s:r:insufficient_funds d:r:supply_limit d:r:supply_limit',
 	'source: the expected events are rejected');
 
-# A transfer from bucket 0 to account 7: the debit is posted, the credit in
-# bucket 1 is held back, as it would overflow 7's balance.
+# A transfer from bucket 0 to account 7 while bucket 1 is paused: the debit
+# is posted, the credit waits in bucket 1's queue.
+$source->safe_psql('shop', 'SELECT ledger_pause(1)');
 my $held = $source->safe_psql('shop', 'SELECT ledger_transfer(2, 7, 150)');
 wait_for_queue($source, 'shop', 'c1',
-	'source: the credit to account 7 is held back in bucket 1');
+	'source: the credit to account 7 waits in bucket 1');
 
 # Events still pending at the dump: the workers now serve another database.
 $source->append_conf('postgresql.conf', "ledger.database = 'postgres'");
@@ -213,7 +213,7 @@ is( $source->safe_psql(
 		  . join(',', @pending)
 		  . "}'::bigint[]) id"),
 	'pending pending pending pending pending pending',
-	'source: the held credit and the new events are pending');
+	'source: the queued credit and the new events are pending');
 check_verify($source, 'shop', 150, 'source');
 
 my %source_digest =
@@ -252,7 +252,7 @@ is(sequences($target, 'staging'), $source_sequences,
 is(balances($target, 'staging'), $source_balances, 'copy: balances are equal');
 check_verify($target, 'staging', 150, 'copy');
 is($target->safe_psql('staging', "SELECT ledger_event_status($held)"),
-	'pending', 'copy: the held credit is still pending');
+	'pending', 'copy: the queued credit is still pending');
 
 ### Restored into the database the workers serve, while they run.
 
@@ -272,15 +272,15 @@ $target->command_ok(
 	[ 'pg_restore', '--single-transaction', '-d', 'restored', $dumpfile ],
 	'pg_restore into the database the workers serve');
 
-# The workers apply the pending events; the credit stays held back.
-wait_for_queue($target, 'restored', 'c1',
-	'restored: the pending events are applied');
+# The workers apply the pending events and the queued credit.
+wait_for_queue($target, 'restored', '',
+	'restored: the pending events and the credit are applied');
 is( $target->safe_psql(
 		'restored',
-		"SELECT string_agg(ledger_event_status(id), ' ') FROM unnest('{"
+		"SELECT string_agg(ledger_event_status(id), ' ') FROM unnest('{$held,"
 		  . join(',', @pending)
 		  . "}'::bigint[]) id"),
-	'applied applied applied applied applied',
+	'applied applied applied applied applied applied',
 	'restored: every pending event was applied');
 
 # The restored history is intact: the source's rows are all there, as they
@@ -316,21 +316,11 @@ $expected{1}  -= 50;
 $expected{-2} += 50;
 $expected{6}  -= 7;
 $expected{2}  += 7;
+$expected{7}  += 150;
 is(balances($target, 'restored'),
 	balance_string(%expected),
-	'restored: balances are the source\'s plus the pending events');
-check_verify($target, 'restored', 150, 'restored, credit held');
-
-# Room on account 7: the held credit goes through.
-$target->safe_psql('restored', 'SELECT ledger_withdraw(7, 1000)');
-wait_for_queue($target, 'restored', '', 'restored: the held credit is applied');
-is($target->safe_psql('restored', "SELECT ledger_event_status($held)"),
-	'applied', 'restored: the event of the held credit is applied');
-$expected{7}  += 150 - 1000;
-$expected{-2} += 1000;
-is(balances($target, 'restored'),
-	balance_string(%expected),
-	'restored: account 7 got the credit');
+	'restored: balances are the source\'s plus the pending events and the credit');
+check_verify($target, 'restored', 0, 'restored');
 
 # The restored ledger carries on.
 my ($events_before, $queued_before) = split(
@@ -343,8 +333,8 @@ my ($again, $again_many) = split(
 	/\n/,
 	$target->safe_psql(
 		'restored', q{
-SELECT ledger_deposit(1, 999, 'dep-1');
-SELECT (ledger_transfer_many('{1}', '{2}', '{1}', '{tm-1}'))[1];
+SELECT ledger_deposit(1, 10000, 'dep-1');
+SELECT (ledger_transfer_many('{1}', '{2}', '{10}', '{tm-1}'))[1];
 }));
 is($again, $max_key_event,
 	'restored: an old idempotency key returns its old event');
