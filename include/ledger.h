@@ -198,6 +198,7 @@ typedef struct LedgerBatchCounts
 	int			expired;		/* holds expired */
 	int			deferred;		/* entries left queued: credits held back,
 								 * events waiting for a credit */
+	bool		full;			/* read as many entries as it asked for */
 } LedgerBatchCounts;
 
 extern LedgerSharedState *ledger_shared;

@@ -1192,6 +1192,7 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 	/* entries left queued are read again: they must not crowd out the rest */
 	batch_size += b->nleft;
 	events = fetch_batch(b, batch_size, &nevents);
+	counts->full = nevents == batch_size;
 	/* after the read, so that no event is applied before it was enqueued */
 	out.now = GetCurrentTimestamp();
 	if (nevents == 0 && !(index == 0 && ledger_holds_any_due(out.now)))

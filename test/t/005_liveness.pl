@@ -23,7 +23,7 @@
 #  (e) ledger_verify() counts them as money in flight and reports nothing.
 # Then a restart with the held credits queued: each is reported once more,
 # and an event of bucket 0 queued behind them should not wait for the worker
-# to read past them all (a TODO test: it does wait, see the end).
+# to read past them all.
 use strict;
 use warnings;
 
@@ -232,11 +232,9 @@ is(sql('SELECT count(*) FROM ledger_verify()'), '0', 'ledger_verify() still find
 
 # A restart with the held credits queued, as after an upgrade from 1.4: the
 # worker reports each held credit once more (it is a new process), and the
-# rest of bucket 0 should not wait for it to have read them all.  It does:
-# each pass reads the entries it left plus ledger.batch_size more, and a
-# pass that finds only held credits sleeps for the poll interval, so an
-# event queued behind N held credits waits N / batch_size poll intervals
-# (here 35 of 300 ms).  Kept as a TODO test until that is fixed.
+# rest of bucket 0 does not wait for it to have read them all: a pass that
+# read as many entries as it asked for goes on at once, whatever it left
+# queued, so the worker reads past the held credits without sleeping.
 $node->append_conf('postgresql.conf', "ledger.poll_interval = '300ms'");
 $log_offset = -s $node->logfile;
 $node->restart;
@@ -250,13 +248,8 @@ wait_applied($others, 'restart: a withdrawal of bucket 0 is applied');
 my $elapsed = time - $start;
 note sprintf('restart: the withdrawal behind %d held credits was applied in %.1f s',
 	$held - 50, $elapsed);
-TODO:
-{
-	local $TODO = 'a pass that finds only held credits sleeps, so the worker '
-	  . 'reads past them batch_size per poll interval';
-	cmp_ok($elapsed, '<', 3,
-		'restart: the held credits do not hold up the rest of bucket 0 (10 poll intervals)');
-}
+cmp_ok($elapsed, '<', 3,
+	'restart: the held credits do not hold up the rest of bucket 0 (10 poll intervals)');
 my @since_restart =
   grep { /WARNING:  ledger: credit of event \d+ to account $x is held back/ }
   split(/\n/, substr(slurp_file($node->logfile), $log_offset));
