@@ -22,7 +22,7 @@ REGRESS_OPTS = --inputdir=test --outputdir=test \
 
 ISOLATION = idempotency_race out_of_order_commit rollback_enqueue \
 	drain_one_account consistent_reads hold_races_debits post_races_expiry \
-	guard_concurrent
+	guard_concurrent order_in_transaction
 ISOLATION_OPTS = --inputdir=test --outputdir=output_iso \
 	--temp-config=test/ledger.conf --temp-instance=test/tmp_check_iso
 

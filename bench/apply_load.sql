@@ -15,11 +15,10 @@
 --   deep      deposits of 1 to account naccounts + 1 (the balance workload)
 -- Prints: first event id, last event id, and the last id of each bucket.
 \set ON_ERROR_STOP 1
--- the queue's columns, as this file writes them (1.2 added three that
--- transfers, disbursements and deposits leave empty)
+-- the queue's columns, as this file writes them (1.2 added three, 1.5 one,
+-- that these transfers, disbursements and deposits leave empty)
 SELECT string_agg(attname, ',' ORDER BY attnum)
-	   IN ('bucket,seq,id,kind,account_id,to_account,amount,to_accounts,amounts,enqueued_at',
-		   'bucket,seq,id,kind,account_id,to_account,amount,to_accounts,amounts,enqueued_at,hold_id,expires_at,metadata')
+	   = 'bucket,seq,id,kind,account_id,to_account,amount,to_accounts,amounts,enqueued_at,hold_id,expires_at,metadata,waits_from'
 	   AS queue_as_expected
   FROM pg_attribute
  WHERE attrelid = 'ledger.queue'::regclass AND attnum > 0 AND NOT attisdropped \gset

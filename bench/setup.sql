@@ -3,7 +3,8 @@
 --
 -- Accounts 1..naccounts are opened with ledger_open_account() and funded
 -- with deposits applied by the workers; account 1, the hot payer, gets far
--- more.  Two more accounts serve the balance workload: naccounts + 1 (the
+-- more.  All of it stays well within the supply bound of a bucket
+-- (ledger_supply_bound(), 1.4e14): 10^13 and 10^9 each.  Two more accounts serve the balance workload: naccounts + 1 (the
 -- "deep" account, given many legs later) and naccounts + 2 (ten legs).
 --
 -- Schema bench holds the baselines: tables equivalent to the ledger's (same
@@ -22,14 +23,14 @@ CREATE TABLE bench.accounts (
 	balance	bigint NOT NULL
 );
 INSERT INTO bench.accounts
-	SELECT a, CASE WHEN a = 1 THEN 1000000000000000 ELSE 1000000000000 END
+	SELECT a, CASE WHEN a = 1 THEN 10000000000000 ELSE 1000000000 END
 	  FROM generate_series(1, :naccounts) a;
 VACUUM ANALYZE bench.accounts;
 
 SELECT count(ledger_open_account(a)) AS opened
   FROM generate_series(1, :naccounts + 2) a \gset
-SELECT count(ledger_deposit(a, CASE WHEN a = 1 THEN 1000000000000000
-									ELSE 1000000000000 END)) AS funded
+SELECT count(ledger_deposit(a, CASE WHEN a = 1 THEN 10000000000000
+									ELSE 1000000000 END)) AS funded
   FROM generate_series(1, :naccounts) a \gset
 SELECT count(ledger_deposit(:naccounts + 2, 1)) AS shallow_legs
   FROM generate_series(1, 10) \gset

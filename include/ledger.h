@@ -198,6 +198,7 @@ typedef struct LedgerBatchCounts
 	int			expired;		/* holds expired */
 	int			deferred;		/* entries left queued: credits held back,
 								 * events waiting for a credit */
+	bool		full;			/* read as many entries as it asked for */
 } LedgerBatchCounts;
 
 extern LedgerSharedState *ledger_shared;
@@ -213,6 +214,8 @@ extern bool ledger_valid_currency_code(const char *code);
 extern SPIPlanPtr ledger_prepare_plan(SPIPlanPtr *plan, const char *sql,
 									  int nargs, Oid *argtypes);
 extern void ledger_free_plan(SPIPlanPtr *plan);
+extern struct HTAB *ledger_hash_create(const char *name, long nelem, Size keysize,
+									   Size entrysize, MemoryContext cxt);
 extern Datum ledger_bigint_array(Datum *values, int n);
 
 /* caller.c */

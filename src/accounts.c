@@ -99,16 +99,11 @@ ledger_accounts_reset(void)
 static void
 create_cache(void)
 {
-	HASHCTL		ctl;
-
 	cache_context = AllocSetContextCreate(TopMemoryContext,
 										  "ledger account cache",
 										  ALLOCSET_DEFAULT_SIZES);
-	ctl.keysize = sizeof(int64);
-	ctl.entrysize = sizeof(AccountState);
-	ctl.hcxt = cache_context;
-	account_cache = hash_create("ledger account cache", 4096, &ctl,
-								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	account_cache = ledger_hash_create("ledger account cache", 4096, sizeof(int64),
+									   sizeof(AccountState), cache_context);
 }
 
 AccountState *
@@ -234,15 +229,8 @@ supply_of(int bucket, int currency)
 	bool		found;
 
 	if (supply == NULL)
-	{
-		HASHCTL		ctl;
-
-		ctl.keysize = sizeof(SupplyKey);
-		ctl.entrysize = sizeof(Supply);
-		ctl.hcxt = TopMemoryContext;
-		supply = hash_create("ledger supply", 64, &ctl,
-							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	}
+		supply = ledger_hash_create("ledger supply", 64, sizeof(SupplyKey),
+									sizeof(Supply), TopMemoryContext);
 	memset(&key, 0, sizeof(key));
 	key.bucket = bucket;
 	key.currency = currency;

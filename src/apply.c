@@ -1026,15 +1026,9 @@ apply_credit(BatchOutput *out, QueuedEvent *ev)
 			bool		reported;
 
 			if (reported_credits == NULL)
-			{
-				HASHCTL		ctl;
-
-				ctl.keysize = sizeof(int64);
-				ctl.entrysize = sizeof(int64);
-				ctl.hcxt = TopMemoryContext;
-				reported_credits = hash_create("ledger credits held back", 16, &ctl,
-											   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-			}
+				reported_credits = ledger_hash_create("ledger credits held back", 16,
+													  sizeof(int64), sizeof(int64),
+													  TopMemoryContext);
 			(void) hash_search(reported_credits, &ev->seq, HASH_ENTER, &reported);
 			if (!reported)
 				ereport(WARNING,
@@ -1083,15 +1077,8 @@ wait_accounts_of(Waiting *w, QueuedEvent *ev)
 	int			p;
 
 	if (w->accounts == NULL)
-	{
-		HASHCTL		ctl;
-
-		ctl.keysize = sizeof(int64);
-		ctl.entrysize = sizeof(int64);
-		ctl.hcxt = CurrentMemoryContext;
-		w->accounts = hash_create("ledger accounts waiting", 16, &ctl,
-								  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	}
+		w->accounts = ledger_hash_create("ledger accounts waiting", 16, sizeof(int64),
+										 sizeof(int64), CurrentMemoryContext);
 	(void) hash_search(w->accounts, &ev->account_id, HASH_ENTER, NULL);
 	for (p = 0; p < ev->npayees; p++)
 		(void) hash_search(w->accounts, &ev->payees[p], HASH_ENTER, NULL);
@@ -1192,6 +1179,7 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 	/* entries left queued are read again: they must not crowd out the rest */
 	batch_size += b->nleft;
 	events = fetch_batch(b, batch_size, &nevents);
+	counts->full = nevents == batch_size;
 	/* after the read, so that no event is applied before it was enqueued */
 	out.now = GetCurrentTimestamp();
 	if (nevents == 0 && !(index == 0 && ledger_holds_any_due(out.now)))

@@ -177,7 +177,8 @@ enqueue(LedgerCall *call, Movement *m, int bucket, int *payee_buckets,
 	/* a hold's posts and voids are counted under the hold too */
 	if (m->kind == LEDGER_POST || m->kind == LEDGER_VOID)
 		ledger_guard_add(-m->hold_id, 1);
-	for (p = 0; p < m->npayees; p++)
+	/* a hold names its payee, but credits it nothing */
+	for (p = 0; p < m->npayees && m->kind != LEDGER_HOLD; p++)
 		if (payee_buckets[p] >= 0 && payee_buckets[p] != bucket)
 			ledger_note_credit(m->payees[p], event_id);
 	ledger_wake_at_commit(bucket);

@@ -58,13 +58,8 @@ ledger_holds_reset(void)
 static void
 create_cache(void)
 {
-	HASHCTL		ctl;
-
-	ctl.keysize = sizeof(int64);
-	ctl.entrysize = sizeof(HoldState);
-	ctl.hcxt = TopMemoryContext;
-	hold_cache = hash_create("ledger open holds", 1024, &ctl,
-							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	hold_cache = ledger_hash_create("ledger open holds", 1024, sizeof(int64),
+									sizeof(HoldState), TopMemoryContext);
 }
 
 HoldState *

@@ -23,6 +23,7 @@
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 
 #include "ledger.h"
@@ -254,6 +255,22 @@ ledger_bigint_array(Datum *values, int n)
 {
 	return PointerGetDatum(construct_array(values, n, INT8OID, 8,
 										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/*
+ * A hash table in memory context cxt whose entries start with their key, of
+ * keysize bytes compared as bytes (an int64 id, mostly).
+ */
+HTAB *
+ledger_hash_create(const char *name, long nelem, Size keysize, Size entrysize,
+				   MemoryContext cxt)
+{
+	HASHCTL		ctl;
+
+	ctl.keysize = keysize;
+	ctl.entrysize = entrysize;
+	ctl.hcxt = cxt;
+	return hash_create(name, nelem, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 }
 
 /* Free a plan ledger_prepare_plan() kept, if there is one. */

@@ -74,18 +74,14 @@ ledger_note_credit(int64 account_id, int64 event_id)
 
 	if (credited == NULL)
 	{
-		HASHCTL		ctl;
-
 		if (!callback_registered)
 		{
 			RegisterXactCallback(forget_credits, NULL);
 			callback_registered = true;
 		}
-		ctl.keysize = sizeof(int64);
-		ctl.entrysize = sizeof(CreditedAccount);
-		ctl.hcxt = TopTransactionContext;
-		credited = hash_create("ledger accounts credited across buckets", 16, &ctl,
-							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		credited = ledger_hash_create("ledger accounts credited across buckets", 16,
+									  sizeof(int64), sizeof(CreditedAccount),
+									  TopTransactionContext);
 	}
 	entry = hash_search(credited, &account_id, HASH_ENTER, &found);
 	if (!found)

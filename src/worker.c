@@ -175,8 +175,10 @@ apply_pass(void)
 		/*
 		 * Entries left queued are no work: a bucket holding only those
 		 * sleeps until woken (a credit arrives) or the poll interval ends.
+		 * But a batch that read all it asked for may have more behind it:
+		 * the next reads past what this one left.
 		 */
-		if (counts.read - counts.deferred >= ledger_batch_size)
+		if (counts.full)
 			more = true;
 	}
 	ledger_set_state(my_worker, LEDGER_STATE_IDLE);

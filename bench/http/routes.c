@@ -167,8 +167,10 @@ respond_error(Request *req, int status, const char *message)
 
 /*
  * The HTTP status for an error of the extension: the caller's fault for
- * bad values (class 22), unknown accounts (23503) and other rules (class
- * 23, and 54 for limits), the service's when the database is unreachable.
+ * bad values (class 22), unknown accounts (23503), an idempotency key used
+ * for another request (23L01), a debit its role may not make (42501) and
+ * other rules (class 23, and 54 for limits), the service's when the
+ * database is unreachable.
  */
 int
 sqlstate_http_status(const char *sqlstate)
@@ -177,6 +179,10 @@ sqlstate_http_status(const char *sqlstate)
 		return 503;				/* libpq's own: the connection failed */
 	if (strcmp(sqlstate, "23503") == 0)
 		return 404;
+	if (strcmp(sqlstate, "23L01") == 0)
+		return 409;
+	if (strcmp(sqlstate, "42501") == 0)
+		return 403;
 	if (strncmp(sqlstate, "22", 2) == 0)
 		return 400;
 	if (strncmp(sqlstate, "23", 2) == 0 || strncmp(sqlstate, "54", 2) == 0)

@@ -338,7 +338,8 @@ failed_element(const PGresult *res, int n)
 	int			element;
 
 	if (sqlstate == NULL || context == NULL ||
-		(strncmp(sqlstate, "22", 2) != 0 && strncmp(sqlstate, "23", 2) != 0))
+		(strncmp(sqlstate, "22", 2) != 0 && strncmp(sqlstate, "23", 2) != 0 &&
+		 strcmp(sqlstate, "42501") != 0))
 		return -1;
 	p = strstr(context, "transfer ");
 	if (p == NULL || sscanf(p, "transfer %d of the batch", &element) != 1 ||

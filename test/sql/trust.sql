@@ -186,6 +186,16 @@ INSERT INTO ev VALUES ('order withdraw', ledger_withdraw(7108, 100));
 COMMIT;
 SELECT label, ledger_wait(id, 30000) FROM ev WHERE label LIKE 'order %' ORDER BY label;
 SELECT ledger_balance(7108);
+-- a hold credits its payee nothing: a withdrawal after it waits for nothing
+-- (bucket 1, the hold's, is paused)
+SELECT ledger_pause(1);
+BEGIN;
+INSERT INTO ev VALUES ('hold before withdraw', ledger_hold(7103, 7108, 5));
+INSERT INTO ev VALUES ('withdraw after hold', ledger_withdraw(7108, 5));
+COMMIT;
+SELECT ledger_wait(id, 30000) FROM ev WHERE label = 'withdraw after hold';
+SELECT ledger_resume(1);
+SELECT ledger_wait(id, 30000) FROM ev WHERE label = 'hold before withdraw';
 
 -- 7. Small things: every kind has its name; nothing pending is reported
 -- by the health check once the queue is drained
