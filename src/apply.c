@@ -399,7 +399,12 @@ fetch_batch(BucketState *b, int batch_size, int *nevents)
 						2, argtypes);
 	args[0] = Int32GetDatum(b->bucket);
 	args[1] = Int32GetDatum(batch_size);
-	if (SPI_execute_plan(fetch_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+	/*
+	 * Under the batch's own snapshot, as every other read that decides its
+	 * events (a fresh one could show an event whose awaited credit, in
+	 * another bucket, the older one does not).
+	 */
+	if (SPI_execute_plan(fetch_plan, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the queue of bucket %d", b->bucket);
 
 	*nevents = (int) SPI_processed;
