@@ -208,6 +208,8 @@ extern int	ledger_worker_of_bucket(int bucket);
 extern Oid	ledger_extension_oid(void);
 extern LedgerSchema ledger_schema(void);
 extern void ledger_require_schema(void);
+extern void ledger_installation(uint64 *system_id, int64 *base_id);
+extern void ledger_require_installation(void);
 extern bool ledger_in_cluster(void);
 extern const char *ledger_kind_name(char kind);
 extern bool ledger_valid_currency_code(const char *code);
@@ -260,8 +262,8 @@ typedef struct BulkInsert BulkInsert;
 extern BulkInsert *ledger_bulk_begin(Oid relid);
 extern TupleTableSlot *ledger_bulk_next_slot(BulkInsert *bulk);
 extern void ledger_bulk_add_row(BulkInsert *bulk, TupleTableSlot *slot);
+extern void ledger_bulk_sort_by(BulkInsert *bulk, AttrNumber first, AttrNumber second);
 extern void ledger_bulk_end(BulkInsert *bulk);
-extern void ledger_bulk_delete(Oid relid, ItemPointerData *tids, int ntids);
 extern void ledger_bulk_reset(void);
 
 /* apply.c */

@@ -15,6 +15,7 @@
 #include <limits.h>
 
 #include "catalog/namespace.h"
+#include "access/xlog.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -313,10 +314,69 @@ ledger_schema(void)
 
 	if (!OidIsValid(nsp))
 		return LEDGER_SCHEMA_NONE;
-	/* 1.5's */
-	if (OidIsValid(get_relname_relid("account_holds", nsp)))
+	/* 1.6's */
+	if (OidIsValid(get_relname_relid("batches", nsp)))
 		return LEDGER_SCHEMA_CURRENT;
 	return LEDGER_SCHEMA_OLDER;
+}
+
+/*
+ * ledger.system_identifier() - this cluster's system identifier, which
+ * ledger.installation compares with the one its log's transaction ids are
+ * of.
+ */
+PG_FUNCTION_INFO_V1(ledger_system_identifier);
+Datum
+ledger_system_identifier(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64((int64) GetSystemIdentifier());
+}
+
+/*
+ * The cluster the log's transaction ids are of, and the event up to which
+ * they are of an earlier one (ledger.installation).  Called inside SPI.
+ */
+void
+ledger_installation(uint64 *system_id, int64 *base_id)
+{
+	bool		isnull;
+
+	if (SPI_execute("SELECT i.system_id, i.base_id FROM ledger.installation i"
+					" ORDER BY i.since DESC, i.system_id = ledger.system_identifier()"
+					" LIMIT 1", false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "ledger.installation is empty");
+	*system_id = (uint64) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+													   SPI_tuptable->tupdesc, 1, &isnull));
+	*base_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 2, &isnull));
+}
+
+/*
+ * Refuse to enqueue into a ledger restored from another cluster that the
+ * workers have not taken over yet: its events would be logged under
+ * transaction ids the workers cannot tell from the restored ones.  Asked
+ * once per backend and installation.  Called inside SPI, as the extension's
+ * owner.
+ */
+void
+ledger_require_installation(void)
+{
+	static Oid	checked = InvalidOid;
+	Oid			extension = ledger_extension_oid();
+	uint64		system_id;
+	int64		base_id;
+
+	if (extension == checked)
+		return;
+	ledger_installation(&system_id, &base_id);
+	if (system_id != GetSystemIdentifier())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the ledger was restored from another cluster, and its workers have not taken it over yet"),
+				 errdetail("Its events are logged under the other cluster's transaction ids until they have."),
+				 errhint("Retry in a moment; the workers do it as they start.")));
+	checked = extension;
 }
 
 /* Refuse to enqueue into a schema the library does not serve. */

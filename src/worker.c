@@ -214,6 +214,13 @@ ledger_worker_main(Datum main_arg)
 	 * above would make the planner think otherwise.
 	 */
 	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * Every name the worker's statements use is qualified, and pg_catalog
+	 * alone is searched for the rest (operators, functions), whatever the
+	 * database's settings say.
+	 */
+	SetConfigOption("search_path", "pg_catalog", PGC_SUSET, PGC_S_OVERRIDE);
 	snprintf(name, sizeof(name), "ledger bucket worker %d", my_worker);
 	pgstat_report_appname(name);
 
