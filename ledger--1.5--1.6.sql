@@ -106,7 +106,8 @@ CREATE TABLE ledger.deferred (
  * another cluster brings ids that mean nothing there.  The workers take
  * such a ledger over before they read it (src/apply.c): its events still
  * pending are listed in ledger.deferred, read by id from then on, and the
- * events up to base_id are decided by what its batches said.  Insert-only:
+ * events up to base_id are decided by what its batches said, those up to
+ * base_batch (ledger.deciding_batches()).  Insert-only:
  * the newest row is in force.  The row this script writes is dated from the
  * start of time, so that in a restored dump the source's rows win over the
  * one CREATE EXTENSION wrote (a tie goes to the other cluster's row).
@@ -117,9 +118,10 @@ LANGUAGE C STABLE;
 CREATE TABLE ledger.installation (
 	system_id		bigint NOT NULL,
 	base_id			bigint NOT NULL,
+	base_batch		bigint NOT NULL,
 	since			timestamptz NOT NULL
 );
-INSERT INTO ledger.installation VALUES (ledger.system_identifier(), 0, '-infinity');
+INSERT INTO ledger.installation VALUES (ledger.system_identifier(), 0, 0, '-infinity');
 SELECT pg_catalog.pg_extension_config_dump('ledger.installation', '');
 CREATE TRIGGER immutable BEFORE UPDATE OR DELETE ON ledger.installation
 	FOR EACH ROW EXECUTE FUNCTION ledger.refuse_change();
@@ -133,6 +135,21 @@ $$
 	SELECT i.base_id FROM ledger.installation i
 	 ORDER BY i.since DESC, i.system_id = ledger.system_identifier()
 	 LIMIT 1
+$$;
+
+/*
+ * The batches that can have decided an event: those of the cluster that
+ * enqueued it.  A batch of this cluster may see a transaction id of the
+ * other one as visible; base_batch, the newest batch at the take-over,
+ * keeps each cluster's batches to its own events.
+ */
+CREATE FUNCTION ledger.deciding_batches(event_id bigint, OUT after bigint, OUT upto bigint)
+LANGUAGE sql STABLE AS
+$$
+	SELECT COALESCE(max(i.base_batch) FILTER (WHERE i.base_id < event_id), 0),
+		   COALESCE(min(i.base_batch) FILTER (WHERE i.base_id >= event_id),
+					9223372036854775807)
+	  FROM ledger.installation i
 $$;
 
 SELECT pg_catalog.pg_extension_config_dump('ledger.batches', '');
@@ -263,8 +280,9 @@ LANGUAGE sql STABLE AS
 $$
 	SELECT COALESCE(e.applied_at,
 					(SELECT o.decided_at FROM ledger.outcomes o WHERE o.event_id = e.id),
-					(SELECT b.decided_at FROM ledger.batches b
+					(SELECT b.decided_at FROM ledger.batches b, ledger.deciding_batches(e.id) r
 					  WHERE b.bucket = e.bucket AND b.cur_xmax > e.txid
+						AND b.id > r.after AND b.id <= r.upto
 						AND ledger.decided_by(b.prev, b.cur, b.cursor_txid, b.cursor_id, e.txid, e.id)
 					  ORDER BY b.cur_xmax, b.id LIMIT 1))
 $$;
@@ -282,8 +300,9 @@ CREATE VIEW ledger.events AS
 		   s.to_accounts, s.amounts, s.state AS status, s.outcome_reason AS reason,
 		   s.enqueued_at,
 		   COALESCE(s.applied_at, s.outcome_at,
-					(SELECT b.decided_at FROM ledger.batches b
+					(SELECT b.decided_at FROM ledger.batches b, ledger.deciding_batches(s.id) r
 					  WHERE b.bucket = s.bucket AND b.cur_xmax > s.txid
+						AND b.id > r.after AND b.id <= r.upto
 						AND ledger.decided_by(b.prev, b.cur, b.cursor_txid, b.cursor_id, s.txid, s.id)
 					  ORDER BY b.cur_xmax, b.id LIMIT 1)) AS applied_at,
 		   s.hold_id, s.expires_at, s.metadata
@@ -522,7 +541,11 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ledger FROM PUBLIC;
  * for the legs under each breakpoint, whatever the statistics say.  After
  * a crash they are gone until the next analyze, and a planner that takes a
  * table of millions of legs for an empty one would join it in nested loops,
- * or scan it whole for every breakpoint.
+ * or scan it whole for every breakpoint.  The nested loops it cannot do
+ * without are then costed as disabled, far above jit_above_cost: without
+ * jit = off, every audit, even of an empty ledger, would first spend a
+ * second or more compiling its plans.
  */
 ALTER FUNCTION ledger_verify() SET enable_nestloop = off;
+ALTER FUNCTION ledger_verify() SET jit = off;
 ALTER FUNCTION ledger.verify_breakpoints() SET enable_seqscan = off;

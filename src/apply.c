@@ -426,9 +426,10 @@ take_over_restored_ledger(void)
 						"        '1:1:', '1:1:', '1', pg_catalog.now(), 0, 0"
 						"   FROM (SELECT DISTINCT b.bucket FROM ledger.batches b) b",
 						false, 0) != SPI_OK_INSERT ||
-			SPI_execute("INSERT INTO ledger.installation (system_id, base_id, since)"
+			SPI_execute("INSERT INTO ledger.installation (system_id, base_id, base_batch, since)"
 						" SELECT ledger.system_identifier(),"
 						"        COALESCE((SELECT max(e.id) FROM ledger.event_log e), 0),"
+						"        COALESCE((SELECT max(b.id) FROM ledger.batches b), 0),"
 						"        pg_catalog.now()",
 						false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not take over the restored ledger");
