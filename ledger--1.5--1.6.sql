@@ -312,10 +312,11 @@ CREATE VIEW ledger.events AS
 /*
  * What is still to be applied, as 1.5's queue: events not decided, and
  * credits not posted, under the id of the event they complete (seq orders
- * a bucket's entries).  Only the log's entries since each bucket's newest
- * batch, found by the index the workers read, and those it deferred can
- * be pending.  A function, so that the planner takes it for the few rows it
- * returns rather than cost it over the whole log (and compile it).
+ * a bucket's entries).  Only the log's entries not visible to each bucket's
+ * newest batch's prev (from its xmax on, or in progress then; found by the
+ * index the workers read), and those it deferred, can be pending.  A
+ * function, so that the planner takes it for the few rows it returns
+ * rather than cost it over the whole log (and compile it).
  */
 CREATE FUNCTION ledger.pending_entries(OUT bucket integer, OUT seq bigint, OUT id bigint,
 									   OUT kind "char", OUT account_id bigint,
@@ -334,20 +335,21 @@ $$
 	  LEFT JOIN LATERAL (SELECT * FROM ledger.batches b WHERE b.bucket = k.bucket
 						  ORDER BY b.id DESC LIMIT 1) l ON true
 	  JOIN LATERAL
-		   (SELECT e.* FROM ledger.event_log e
-			 WHERE e.bucket = k.bucket AND e.txid IS NOT NULL
-			   AND e.txid >= COALESCE(pg_catalog.pg_snapshot_xmin(l.prev), '0')
-			   AND e.id > ledger.base_id()
+		   (SELECT e.* FROM (SELECT COALESCE(pg_catalog.pg_snapshot_xmax(l.prev), '0') AS lo,
+									pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot()) AS hi
+							  UNION ALL
+							  SELECT x, x FROM pg_catalog.pg_snapshot_xip(l.prev) x) r
+			   JOIN ledger.event_log e
+				 ON e.bucket = k.bucket AND e.txid >= r.lo AND e.txid <= r.hi
+			 WHERE e.id > ledger.base_id()
 			   AND NOT EXISTS (SELECT FROM ledger.outcomes o WHERE o.event_id = e.id)
+			   AND NOT EXISTS (SELECT FROM ledger.deferred d WHERE d.event_id = e.id)
 			   AND (l.id IS NULL
-					OR NOT ledger.decided_by(l.prev, l.cur, l.cursor_txid, l.cursor_id, e.txid, e.id)
-					OR EXISTS (SELECT FROM ledger.deferred d WHERE d.event_id = e.id))
+					OR NOT ledger.decided_by(l.prev, l.cur, l.cursor_txid, l.cursor_id, e.txid, e.id))
 			UNION ALL
 			SELECT e.* FROM ledger.deferred d JOIN ledger.event_log e ON e.id = d.event_id
 			 WHERE d.bucket = k.bucket
-			   AND NOT EXISTS (SELECT FROM ledger.outcomes o WHERE o.event_id = d.event_id)
-			   AND (e.id <= ledger.base_id()
-					OR e.txid < COALESCE(pg_catalog.pg_snapshot_xmin(l.prev), '0'))) e ON true
+			   AND NOT EXISTS (SELECT FROM ledger.outcomes o WHERE o.event_id = d.event_id)) e ON true
 $$;
 CREATE VIEW ledger.queue AS SELECT * FROM ledger.pending_entries();
 

@@ -262,7 +262,6 @@ typedef struct BulkInsert BulkInsert;
 extern BulkInsert *ledger_bulk_begin(Oid relid);
 extern TupleTableSlot *ledger_bulk_next_slot(BulkInsert *bulk);
 extern void ledger_bulk_add_row(BulkInsert *bulk, TupleTableSlot *slot);
-extern void ledger_bulk_sort_by(BulkInsert *bulk, AttrNumber first, AttrNumber second);
 extern void ledger_bulk_end(BulkInsert *bulk);
 extern void ledger_bulk_reset(void);
 

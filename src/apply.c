@@ -685,23 +685,34 @@ fetch_batch(BucketState *b, int batch_size, int *nevents, bool *more)
 
 	/*
 	 * The delta's events after the cursor: their transaction visible in cur
-	 * and not in prev.  Those before prev's xmin were all visible in prev,
-	 * those from cur's xmax on are not in cur: the index range is that.
+	 * and not in prev.  Not in prev means from prev's xmax on, or in
+	 * progress in prev: as PgQ does, the range is read from prev's xmax, and
+	 * each transaction prev saw in progress probed for on its own.  Reading
+	 * from prev's xmin instead would read again, every batch, all that
+	 * committed since the oldest transaction then open: a transaction left
+	 * open anywhere in the cluster would slow the worker down more and more.
 	 * Events up to base_id are of a ledger restored from another cluster:
 	 * their transaction ids are not this one's.
 	 */
 	ledger_prepare_plan(&fetch_plan,
-						"SELECT e.* FROM ledger.event_log e"
-						" WHERE e.bucket = $1 AND e.txid >= $2 AND e.txid < $3"
-						"   AND (e.txid, e.id) > ($4, $5)"
-						"   AND pg_visible_in_snapshot(e.txid, $6)"
-						"   AND NOT pg_visible_in_snapshot(e.txid, $7)"
-						"   AND e.id > $9"
-						" ORDER BY e.bucket, e.txid, e.id"
-						" LIMIT $8",
+						"SELECT u.* FROM ("
+						" (SELECT e.* FROM ledger.event_log e"
+						"   WHERE e.bucket = $1 AND e.txid >= $2 AND e.txid < $3"
+						"     AND (e.txid, e.id) > ($4, $5)"
+						"     AND pg_visible_in_snapshot(e.txid, $6) AND e.id > $9"
+						"   ORDER BY e.bucket, e.txid, e.id LIMIT $8)"
+						" UNION ALL"
+						" SELECT w.* FROM pg_snapshot_xip($7) x(txid)"
+						"  CROSS JOIN LATERAL"
+						"   (SELECT e.* FROM ledger.event_log e"
+						"     WHERE e.bucket = $1 AND e.txid = x.txid"
+						"       AND (e.txid, e.id) > ($4, $5) AND e.id > $9"
+						"     ORDER BY e.bucket, e.txid, e.id LIMIT $8) w"
+						"  WHERE x.txid >= $4 AND pg_visible_in_snapshot(x.txid, $6)"
+						") u ORDER BY u.txid, u.id LIMIT $8",
 						9, argtypes);
 	args[0] = Int32GetDatum(b->bucket);
-	args[1] = DirectFunctionCall1(pg_snapshot_xmin, b->prev);
+	args[1] = DirectFunctionCall1(pg_snapshot_xmax, b->prev);
 	args[2] = DirectFunctionCall1(pg_snapshot_xmax, b->cur);
 	args[3] = b->cursor_txid;
 	args[4] = Int64GetDatum(b->cursor_id);
@@ -1530,7 +1541,6 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 	out.batch_id = nextval_internal(batch_seq_oid, false);
 	out.txid = FullTransactionIdGetDatum(GetTopFullTransactionId());
 	out.legs = ledger_bulk_begin(transactions_oid);
-	ledger_bulk_sort_by(out.legs, TRANSACTIONS_ACCOUNT_ID + 1, TRANSACTIONS_ID + 1);
 	out.credits = ledger_bulk_begin(event_log_oid);
 	out.breakpoints = ledger_bulk_begin(breakpoints_oid);
 	out.hold_ends = ledger_bulk_begin(hold_ends_oid);

@@ -26,10 +26,7 @@
 
 #include "ledger.h"
 
-/*
- * Rows buffered before they are written: COPY's figure, and two legs for
- * each event of a batch of the default size.
- */
+/* Rows buffered before they are written: COPY's figure. */
 #define BULK_MAX_ROWS	1000
 
 /*
@@ -58,7 +55,6 @@ struct BulkInsert
 	CommandId	cid;
 	SlotPool   *pool;
 	int			nbuffered;
-	AttrNumber	sort_keys[2];	/* bigint columns to sort rows by, or 0 */
 };
 
 static SlotPool *
@@ -114,39 +110,6 @@ ledger_bulk_begin(Oid relid)
 	return bulk;
 }
 
-/*
- * Write the rows in the order of the table's one index, a pair of bigint
- * columns: each index entry then lands next to the one before, on a page
- * just descended to.  For a batch's legs, keyed by (account_id, id), that
- * is about a third faster than arrival order (../shared/design/
- * write-floor.md has the figures).
- */
-void
-ledger_bulk_sort_by(BulkInsert *bulk, AttrNumber first, AttrNumber second)
-{
-	bulk->sort_keys[0] = first;
-	bulk->sort_keys[1] = second;
-}
-
-static int
-compare_rows(const void *a, const void *b, void *arg)
-{
-	const TupleTableSlot *x = *(TupleTableSlot *const *) a;
-	const TupleTableSlot *y = *(TupleTableSlot *const *) b;
-	const AttrNumber *keys = (const AttrNumber *) arg;
-	int			k;
-
-	for (k = 0; k < 2; k++)
-	{
-		int64		vx = DatumGetInt64(x->tts_values[keys[k] - 1]);
-		int64		vy = DatumGetInt64(y->tts_values[keys[k] - 1]);
-
-		if (vx != vy)
-			return vx < vy ? -1 : 1;
-	}
-	return 0;
-}
-
 static void
 bulk_flush(BulkInsert *bulk)
 {
@@ -154,9 +117,6 @@ bulk_flush(BulkInsert *bulk)
 
 	if (bulk->nbuffered == 0)
 		return;
-	if (bulk->sort_keys[0] != 0)
-		qsort_arg(bulk->pool->slots, bulk->nbuffered, sizeof(TupleTableSlot *),
-				  compare_rows, bulk->sort_keys);
 
 	table_multi_insert(bulk->rel, bulk->pool->slots, bulk->nbuffered,
 					   bulk->cid, 0, bulk->bistate);
