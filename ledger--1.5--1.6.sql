@@ -336,7 +336,7 @@ $$
 						  ORDER BY b.id DESC LIMIT 1) l ON true
 	  JOIN LATERAL
 		   (SELECT e.* FROM (SELECT COALESCE(pg_catalog.pg_snapshot_xmax(l.prev), '0') AS lo,
-									pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot()) AS hi
+									'18446744073709551615'::xid8 AS hi
 							  UNION ALL
 							  SELECT x, x FROM pg_catalog.pg_snapshot_xip(l.prev) x) r
 			   JOIN ledger.event_log e
