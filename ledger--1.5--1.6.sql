@@ -107,10 +107,13 @@ CREATE TABLE ledger.deferred (
  * such a ledger over before they read it (src/apply.c): its events still
  * pending are listed in ledger.deferred, read by id from then on, and the
  * events up to base_id are decided by what its batches said, those up to
- * base_batch (ledger.deciding_batches()).  Insert-only:
- * the newest row is in force.  The row this script writes is dated from the
- * start of time, so that in a restored dump the source's rows win over the
- * one CREATE EXTENSION wrote (a tie goes to the other cluster's row).
+ * base_batch (ledger.deciding_batches()).  Insert-only: the newest take-over
+ * is in force, the one of the highest base_batch (then base_id: a clock is
+ * no guide across clusters).  The row this script writes has zeros, and
+ * in a restored dump a tie goes to the other cluster's row rather than to
+ * the one CREATE EXTENSION wrote.  A dump of a later state of this same
+ * cluster restored into an earlier copy of it is taken over too: see
+ * ledger_installation() in src/ledger.c.
  */
 CREATE FUNCTION ledger.system_identifier() RETURNS bigint
 AS 'MODULE_PATHNAME', 'ledger_system_identifier'
@@ -133,7 +136,8 @@ CREATE FUNCTION ledger.base_id() RETURNS bigint
 LANGUAGE sql STABLE AS
 $$
 	SELECT i.base_id FROM ledger.installation i
-	 ORDER BY i.since DESC, i.system_id = ledger.system_identifier()
+	 ORDER BY i.base_batch DESC, i.base_id DESC, i.since DESC,
+			  i.system_id = ledger.system_identifier()
 	 LIMIT 1
 $$;
 
@@ -316,7 +320,8 @@ CREATE VIEW ledger.events AS
  * newest batch's prev (from its xmax on, or in progress then; found by the
  * index the workers read), and those it deferred, can be pending.  A
  * function, so that the planner takes it for the few rows it returns
- * rather than cost it over the whole log (and compile it).
+ * rather than cost it over the whole log (and compile it); the owner's, as
+ * ledger_stats, which clients may read, reads the log through it.
  */
 CREATE FUNCTION ledger.pending_entries(OUT bucket integer, OUT seq bigint, OUT id bigint,
 									   OUT kind "char", OUT account_id bigint,
@@ -326,7 +331,8 @@ CREATE FUNCTION ledger.pending_entries(OUT bucket integer, OUT seq bigint, OUT i
 									   OUT expires_at timestamptz, OUT metadata jsonb,
 									   OUT waits_from bigint)
 RETURNS SETOF record
-LANGUAGE sql STABLE ROWS 100 SET jit = off AS
+LANGUAGE sql STABLE ROWS 100 SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET jit = off AS
 $$
 	SELECT e.bucket, e.id, COALESCE(e.credit_of, e.id), e.kind, e.account_id,
 		   e.to_account, e.amount, e.to_accounts, e.amounts, e.enqueued_at,
@@ -537,6 +543,8 @@ GRANT EXECUTE ON FUNCTION
 	ledger_find_events(jsonb, integer)
 TO ledger_client;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ledger FROM PUBLIC;
+-- for ledger_stats (the schema stays out of the clients' reach)
+GRANT EXECUTE ON FUNCTION ledger.pending_entries() TO ledger_client;
 
 /*
  * The audit reads whole tables: hash joins suit it, and so do index probes

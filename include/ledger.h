@@ -208,7 +208,7 @@ extern int	ledger_worker_of_bucket(int bucket);
 extern Oid	ledger_extension_oid(void);
 extern LedgerSchema ledger_schema(void);
 extern void ledger_require_schema(void);
-extern void ledger_installation(uint64 *system_id, int64 *base_id);
+extern bool ledger_installation(int64 *base_id);
 extern void ledger_require_installation(void);
 extern bool ledger_in_cluster(void);
 extern const char *ledger_kind_name(char kind);

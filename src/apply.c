@@ -383,22 +383,22 @@ load_delta(BucketState *b)
 }
 
 /*
- * Take over a ledger restored from another cluster: its log's transaction
- * ids are that cluster's, and could be taken for this one's.  The events
- * they still left pending are listed as deferred, to be read by id; every
+ * Take over a ledger restored from another cluster, or from a later state
+ * of this one (ledger_installation()): its log's transaction ids are of
+ * another history, and could be taken for this one's.  The events they
+ * still left pending are listed as deferred, to be read by id; every
  * bucket's next delta starts from nothing; the events up to the newest so
- * far are decided by what the batches of the other cluster said
- * (ledger.installation's base_id).  One worker does it, the others find it
- * done.  Enqueueing waits for it (ledger_require_installation()).
+ * far are decided by what the batches of the other history said
+ * (ledger.installation's base_id and base_batch).  One worker does it, the
+ * others find it done.  Enqueueing waits for it
+ * (ledger_require_installation()).
  */
 static void
 take_over_restored_ledger(void)
 {
-	uint64		system_id;
 	int64		base;
 
-	ledger_installation(&system_id, &base);
-	if (system_id == GetSystemIdentifier())
+	if (!ledger_installation(&base))
 	{
 		base_id = base;
 		return;
@@ -406,8 +406,7 @@ take_over_restored_ledger(void)
 	if (SPI_execute("LOCK TABLE ledger.installation IN SHARE ROW EXCLUSIVE MODE",
 					false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not lock ledger.installation");
-	ledger_installation(&system_id, &base);
-	if (system_id != GetSystemIdentifier())
+	if (ledger_installation(&base))
 	{
 		if (SPI_execute("INSERT INTO ledger.deferred (event_id, bucket, batch_id, deferred_at)"
 						" SELECT s.id, s.bucket, 0, pg_catalog.now() FROM ledger.log_states s"
@@ -433,7 +432,8 @@ take_over_restored_ledger(void)
 						"        pg_catalog.now()",
 						false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not take over the restored ledger");
-		ledger_installation(&system_id, &base);
+		if (ledger_installation(&base))
+			elog(ERROR, "the restored ledger was not taken over");
 	}
 	base_id = base;
 
@@ -654,25 +654,31 @@ fetch_batch(BucketState *b, int batch_size, int *nevents, bool *more)
 {
 	Oid			argtypes[9] = {INT4OID, XID8OID, XID8OID, XID8OID, INT8OID,
 		PG_SNAPSHOTOID, PG_SNAPSHOTOID, INT4OID, INT8OID};
-	Oid			deferred_argtype = INT8ARRAYOID;
+	Oid			deferred_argtypes[2] = {INT8ARRAYOID, INT8OID};
 	Datum		args[9];
 	QueuedEvent *events;
 	int			nnew;
 	uint64		i;
 
+	/*
+	 * The deferred events in the order they were read in: those of a ledger
+	 * restored from another history first, as their transaction ids are not
+	 * comparable with this cluster's.
+	 */
 	if (b->ndeferred > 0)
 	{
 		Datum	   *ids = palloc(sizeof(Datum) * b->ndeferred);
-		Datum		arg;
+		Datum		dargs[2];
 
 		for (i = 0; i < b->ndeferred; i++)
 			ids[i] = Int64GetDatum(b->deferred[i]);
-		arg = ledger_bigint_array(ids, b->ndeferred);
+		dargs[0] = ledger_bigint_array(ids, b->ndeferred);
+		dargs[1] = Int64GetDatum(base_id);
 		ledger_prepare_plan(&fetch_deferred_plan,
 							"SELECT e.* FROM ledger.event_log e WHERE e.id = ANY ($1)"
-							" ORDER BY e.txid, e.id",
-							1, &deferred_argtype);
-		if (SPI_execute_plan(fetch_deferred_plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
+							" ORDER BY e.id > $2, e.txid, e.id",
+							2, deferred_argtypes);
+		if (SPI_execute_plan(fetch_deferred_plan, dargs, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read the deferred events of bucket %d", b->bucket);
 	}
 	events = palloc0(sizeof(QueuedEvent) * (b->ndeferred + batch_size));
@@ -1386,7 +1392,9 @@ wait_accounts_of(Waiting *w, QueuedEvent *ev)
  * here.  Each wait is for an event of the same transaction and a smaller
  * id, or for a credit, which never waits, and an event left for later
  * holds back only later events of its bucket: so waits cannot form a
- * cycle.
+ * cycle.  An event decided before 1.6 has no transaction id or bucket
+ * logged: its pending credits from waits_from on are waited for, as 1.5
+ * did.
  */
 static bool
 awaits_credit(BucketState *b, QueuedEvent *ev, TimestampTz now)
@@ -1408,8 +1416,10 @@ awaits_credit(BucketState *b, QueuedEvent *ev, TimestampTz now)
 
 	ledger_prepare_plan(&awaited_plan,
 						"SELECT 1 FROM ledger.event_log e"
-						" WHERE e.id >= $1 AND e.id < $2 AND e.txid = $3"
-						"   AND e.bucket <> $4 AND e.credit_of IS NULL AND e.kind <> 'h'"
+						" WHERE e.id >= $1 AND e.id < $2"
+						"   AND (e.txid = $3 OR e.txid IS NULL)"
+						"   AND (e.bucket <> $4 OR e.bucket IS NULL)"
+						"   AND e.credit_of IS NULL AND e.kind <> 'h'"
 						"   AND ($5 = e.to_account OR $5 = ANY (e.to_accounts))"
 						"   AND (ledger.row_state(e) = 'p'"
 						"        OR EXISTS (SELECT FROM ledger.event_log c"

@@ -5,9 +5,9 @@
  *
  * Enqueueing checks everything that depends only on the arguments, on which
  * accounts exist and on who calls, then appends one row to ledger.event_log,
- * the event's permanent record, and returns the new event's id.  It takes no lock beyond the row it inserts:
- * whether the money is there is decided later, in order, by the worker of
- * the paying account's bucket.
+ * the event's permanent record, and returns the new event's id.  It takes
+ * no lock beyond the row it inserts: whether the money is there is decided
+ * later, in order, by the worker of the paying account's bucket.
  *
  * The functions run as their caller and switch to the extension's owner
  * themselves (caller.c): a debit from an account with an owner role needs

@@ -333,27 +333,43 @@ ledger_system_identifier(PG_FUNCTION_ARGS)
 }
 
 /*
- * The cluster the log's transaction ids are of, and the event up to which
- * they are of an earlier one (ledger.installation).  Called inside SPI.
+ * Are the log's transaction ids of another history than this cluster's?
+ * They are when the row of ledger.installation in force (the newest take-
+ * over, see ledger--1.5--1.6.sql) names another cluster: a dump restored
+ * there.  They are too when the newest batch of a bucket since that take-
+ * over saw transaction ids this cluster has not yet given out: a dump of a
+ * later state of this same cluster, restored into a copy of it from before
+ * (a physical backup, a standby promoted).  Sets *base_id, the event up to
+ * which they are of an earlier history.  Called inside SPI.
  */
-void
-ledger_installation(uint64 *system_id, int64 *base_id)
+bool
+ledger_installation(int64 *base_id)
 {
 	bool		isnull;
 
-	if (SPI_execute("SELECT i.system_id, i.base_id FROM ledger.installation i"
-					" ORDER BY i.since DESC, i.system_id = ledger.system_identifier()"
+	if (SPI_execute("SELECT i.system_id <> ledger.system_identifier()"
+					"       OR EXISTS (SELECT FROM pg_catalog.generate_series(0, 63) k(bucket),"
+					"                  LATERAL (SELECT b.id, b.cur_xmax FROM ledger.batches b"
+					"                            WHERE b.bucket = k.bucket"
+					"                            ORDER BY b.id DESC LIMIT 1) l"
+					"                   WHERE l.id > i.base_batch"
+					"                     AND l.cur_xmax > pg_catalog.pg_snapshot_xmax("
+					"                                        pg_catalog.pg_current_snapshot())),"
+					"       i.base_id"
+					"  FROM ledger.installation i"
+					" ORDER BY i.base_batch DESC, i.base_id DESC, i.since DESC,"
+					"          i.system_id = ledger.system_identifier()"
 					" LIMIT 1", false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "ledger.installation is empty");
-	*system_id = (uint64) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-													   SPI_tuptable->tupdesc, 1, &isnull));
 	*base_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 										   SPI_tuptable->tupdesc, 2, &isnull));
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 1, &isnull));
 }
 
 /*
- * Refuse to enqueue into a ledger restored from another cluster that the
+ * Refuse to enqueue into a ledger restored from another history that the
  * workers have not taken over yet: its events would be logged under
  * transaction ids the workers cannot tell from the restored ones.  Asked
  * once per backend and installation.  Called inside SPI, as the extension's
@@ -364,13 +380,11 @@ ledger_require_installation(void)
 {
 	static Oid	checked = InvalidOid;
 	Oid			extension = ledger_extension_oid();
-	uint64		system_id;
 	int64		base_id;
 
 	if (extension == checked)
 		return;
-	ledger_installation(&system_id, &base_id);
-	if (system_id != GetSystemIdentifier())
+	if (ledger_installation(&base_id))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the ledger was restored from another cluster, and its workers have not taken it over yet"),

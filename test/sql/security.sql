@@ -116,6 +116,7 @@ INSERT INTO calls (sql) VALUES
 ('SELECT ledger_resume(0)::text'),
 ('SELECT ledger_stats_reset()::text'),
 ('SELECT count(*)::text FROM ledger_stats'),
+('SELECT (sum(pending) >= 0 AND count(lag) >= 0)::text FROM ledger_stats'),
 ('SELECT count(*)::text FROM ledger_health()'),
 ('SELECT ledger_supply_bound()::text'),
 ('SELECT count(*)::text FROM ledger_node_totals()'),
