@@ -84,6 +84,26 @@ SELECT account_id, held FROM ledger.account_holds ORDER BY account_id;
 SELECT role, key, event_id FROM ledger.idempotency;
 SELECT bucket, seq, id, kind FROM ledger.queue ORDER BY seq;
 
+-- a 1.5 ledger with a debit waiting for a credit of its transaction: 8005
+-- (bucket 1) got 500 (event 10) and, in one transaction, sent 300 to 8006
+-- (bucket 0, event 11), whose credit is still queued, and 8006 withdraws
+-- 250 (event 12, queued before the credit, waiting from event 11)
+INSERT INTO ledger.accounts (id, allow_negative, bucket, currency) VALUES
+	(8005, false, 1, 0), (8006, false, 0, 0);
+INSERT INTO ledger.events (id, kind, account_id, to_account, amount, status,
+						   enqueued_at, applied_at) VALUES
+	(10, 'd', 8005, NULL, 500, 'a', now(), now()),
+	(11, 't', 8005, 8006, 300, 'a', now(), now());
+INSERT INTO ledger.transactions (id, account_id, event_id, amount, balance_after, created_at) VALUES
+	(6, -2, 10, -500, -1500, now()), (7, 8005, 10, 500, 500, now()),
+	(8, 8005, 11, -300, 200, now());
+INSERT INTO ledger.queue (bucket, seq, id, kind, account_id, to_account, amount,
+						  to_accounts, amounts, enqueued_at, waits_from) VALUES
+	(0, 12, 12, 'w', 8006, NULL, 250, NULL, NULL, now(), 11),
+	(0, 13, 11, 'c', 8005, NULL, 300, '{8006}', '{300}', now(), NULL);
+SELECT setval('ledger.event_id_seq', 13), setval('ledger.transaction_id_seq', 8);
+SELECT * FROM ledger_verify();
+
 -- 1.5 -> 1.6: the queued events move into the log (a credit keeps its
 -- place, its queue seq becoming its id), and apply; the credit in flight
 -- lands
@@ -93,6 +113,9 @@ SELECT id, kind, bucket, credit_of, txid IS NOT NULL AS logged
   FROM ledger.event_log WHERE txid IS NOT NULL ORDER BY id;
 SELECT ledger_wait(3, 30000), ledger_wait(4, 30000), ledger_wait(9, 30000);
 SELECT a, ledger_balance(a), ledger_available(a) FROM generate_series(8001, 8004) a;
+-- the withdrawal waited for the credit of event 11, as 1.5 would have
+SELECT ledger_wait(11, 30000), ledger_wait(12, 30000);
+SELECT ledger_balance(8005), ledger_balance(8006);
 SELECT bucket, pending FROM ledger_stats ORDER BY bucket;
 
 -- the worker knows the hold and posts it
