@@ -273,12 +273,12 @@ workload_batch() {
 
 # load_queue MIX N: loads N pending events; sets FIRST, LAST, LASTS.  The
 # workers are not woken by rows inserted so (only the API's commits wake
-# them): a configuration reload wakes them rather than their next poll.
+# them): ledger_wake_buckets() wakes them rather than their next poll.
 load_queue() {
 	local out
 	out=$(psql_ -At -F '|' -v mix="$1" -v n="$2" -v naccounts="$ACCOUNTS" -f "$BENCH/apply_load.sql")
 	IFS='|' read -r FIRST LAST LASTS <<<"$out"
-	sql "SELECT pg_reload_conf()" >/dev/null
+	sql "SELECT ledger_wake_buckets(array(SELECT generate_series(0, $BUCKETS - 1)))" >/dev/null
 }
 
 # 3. Apply: pre-load pending events straight into the queue in one

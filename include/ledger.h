@@ -167,6 +167,12 @@ typedef struct LedgerWorkerStats
 
 typedef struct LedgerWorkerSlot
 {
+	/*
+	 * Wake-ups sent, counted: a worker that saw the count change during a
+	 * pass does not sleep, though a lock wait in the pass took the latch's
+	 * wake-up (ProcSleep() resets the latch it waits on).
+	 */
+	pg_atomic_uint64 wakeups;
 	slock_t		mutex;			/* protects everything below */
 	pid_t		pid;
 	Latch	   *latch;

@@ -219,7 +219,10 @@ ledger_shmem_startup(void)
 		ConditionVariableInit(&ledger_shared->batch_applied);
 		pg_atomic_init_u64(&ledger_shared->limits_generation, 0);
 		for (i = 0; i < LEDGER_MAX_BUCKETS; i++)
+		{
 			SpinLockInit(&ledger_shared->workers[i].mutex);
+			pg_atomic_init_u64(&ledger_shared->workers[i].wakeups, 0);
+		}
 		ledger_guard_init();
 	}
 	LWLockRelease(AddinShmemInitLock);

@@ -130,6 +130,7 @@ ledger_wake_worker(int worker)
 	if (ledger_shared == NULL || worker >= LEDGER_MAX_BUCKETS)
 		return;
 
+	pg_atomic_fetch_add_u64(&ledger_shared->workers[worker].wakeups, 1);
 	SpinLockAcquire(&ledger_shared->workers[worker].mutex);
 	latch = ledger_shared->workers[worker].latch;
 	SpinLockRelease(&ledger_shared->workers[worker].mutex);
