@@ -133,12 +133,14 @@ CREATE TRIGGER immutable_truncate BEFORE TRUNCATE ON ledger.installation
 
 -- the events up to which the log's transaction ids are of another cluster
 CREATE FUNCTION ledger.base_id() RETURNS bigint
-LANGUAGE sql STABLE AS
+LANGUAGE plpgsql STABLE AS
 $$
-	SELECT i.base_id FROM ledger.installation i
-	 ORDER BY i.base_batch DESC, i.base_id DESC, i.since DESC,
-			  i.system_id = ledger.system_identifier()
-	 LIMIT 1
+BEGIN
+	RETURN (SELECT i.base_id FROM ledger.installation i
+			 ORDER BY i.base_batch DESC, i.base_id DESC, i.since DESC,
+					  i.system_id = ledger.system_identifier()
+			 LIMIT 1);
+END
 $$;
 
 /*
@@ -242,13 +244,17 @@ CREATE VIEW ledger.log_states AS
 /*
  * The state of one row of the log, as ledger.log_states has it: by the
  * newest batch of its bucket (one probe), for the callers that ask about
- * one event at a time.
+ * one event at a time.  In PL/pgSQL, as ledger.base_id() and
+ * ledger.event_state(), so that a session plans their statements once: a
+ * SQL function that cannot be inlined is parsed and planned again at every
+ * execution of the query that calls it, and ledger_wait() polls with these.
  */
 CREATE FUNCTION ledger.row_state(e ledger.event_log)
 RETURNS "char"
-LANGUAGE sql STABLE AS
+LANGUAGE plpgsql STABLE AS
 $$
-	SELECT CASE
+BEGIN
+	RETURN (SELECT CASE
 			   WHEN e.status IS NOT NULL THEN e.status
 			   WHEN o.status IS NOT NULL THEN o.status
 			   WHEN EXISTS (SELECT FROM ledger.deferred d WHERE d.event_id = e.id) THEN 'p'
@@ -259,22 +265,25 @@ $$
 	  FROM (SELECT) one
 	  LEFT JOIN ledger.outcomes o ON o.event_id = e.id
 	  LEFT JOIN LATERAL (SELECT * FROM ledger.batches b WHERE b.bucket = e.bucket
-						  ORDER BY b.id DESC LIMIT 1) l ON true
+						  ORDER BY b.id DESC LIMIT 1) l ON true);
+END
 $$;
 
 -- The state of an event, counting the credits it sent to other buckets.
 CREATE FUNCTION ledger.event_state(e ledger.event_log)
 RETURNS "char"
-LANGUAGE sql STABLE AS
+LANGUAGE plpgsql STABLE AS
 $$
-	SELECT CASE
-		WHEN s.state = 'a' AND EXISTS (SELECT FROM ledger.event_log c
-										 WHERE c.credit_of = e.id
-										   AND ledger.row_state(c) = 'p')
-			THEN 'p'
-		ELSE s.state
-	END::"char"
-	  FROM (SELECT ledger.row_state(e) AS state) s
+DECLARE
+	state "char" := ledger.row_state(e);
+BEGIN
+	IF state = 'a' AND EXISTS (SELECT FROM ledger.event_log c
+								WHERE c.credit_of = e.id
+								  AND ledger.row_state(c) = 'p') THEN
+		RETURN 'p';
+	END IF;
+	RETURN state;
+END
 $$;
 
 -- When an event was decided: by an outcome, or by the batch that read it.
