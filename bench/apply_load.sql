@@ -1,9 +1,10 @@
--- Load pending events straight into ledger.queue, in one transaction, for the
--- apply workload (bench/run.sh).  The workers see none of them until the
--- commit, then all at once.  Rows are as the API writes them
--- (src/enqueue.c): bucket = the payer's account bucket, id from
--- ledger.event_id_seq, seq = id, kind 't' (to_account, amount), 's'
--- (to_accounts, amounts, amount = their total) or 'd', enqueued_at.
+-- Load pending events straight into ledger.event_log, in one transaction,
+-- for the apply workload (bench/run.sh).  The workers see none of them until
+-- the commit, then all at once, as one delta.  Rows are as the API writes
+-- them (src/enqueue.c): bucket = the payer's account bucket, id from
+-- ledger.event_id_seq, txid = the transaction's, kind 't' (to_account,
+-- amount), 's' (to_accounts, amounts, amount = their total) or 'd',
+-- enqueued_at.
 --
 -- Variables: mix (uniform | hot | cross25 | disburse | deep), n (events),
 -- naccounts (a multiple of 10 and of ledger.buckets).
@@ -15,21 +16,22 @@
 --   deep      deposits of 1 to account naccounts + 1 (the balance workload)
 -- Prints: first event id, last event id, and the last id of each bucket.
 \set ON_ERROR_STOP 1
--- the queue's columns, as this file writes them (1.2 added three, 1.5 one,
--- that these transfers, disbursements and deposits leave empty)
+-- the log's columns, as this file writes them (1.2 added hold_id,
+-- expires_at and metadata, 1.6 the last four)
 SELECT string_agg(attname, ',' ORDER BY attnum)
-	   = 'bucket,seq,id,kind,account_id,to_account,amount,to_accounts,amounts,enqueued_at,hold_id,expires_at,metadata,waits_from'
-	   AS queue_as_expected
+	   = 'id,kind,account_id,to_account,amount,to_accounts,amounts,status,reason,enqueued_at,applied_at,hold_id,expires_at,metadata,bucket,txid,waits_from,credit_of'
+	   AS log_as_expected
   FROM pg_attribute
- WHERE attrelid = 'ledger.queue'::regclass AND attnum > 0 AND NOT attisdropped \gset
-\if :queue_as_expected
+ WHERE attrelid = 'ledger.event_log'::regclass AND attnum > 0 AND NOT attisdropped \gset
+\if :log_as_expected
 \else
-DO $$ BEGIN RAISE EXCEPTION 'ledger.queue has changed: update bench/apply_load.sql to write rows as src/enqueue.c does'; END $$;
+DO $$ BEGIN RAISE EXCEPTION 'ledger.event_log has changed: update bench/apply_load.sql to write rows as src/enqueue.c does'; END $$;
 \endif
 BEGIN;
-INSERT INTO ledger.queue (bucket, seq, id, kind, account_id, to_account, amount,
-						  to_accounts, amounts, enqueued_at)
-SELECT a.bucket, e.id, e.id, e.kind, e.payer, e.payee,
+WITH logged AS (
+INSERT INTO ledger.event_log (bucket, txid, id, kind, account_id, to_account, amount,
+							  to_accounts, amounts, enqueued_at)
+SELECT a.bucket, pg_current_xact_id(), e.id, e.kind, e.payer, e.payee,
 	   e.amount, e.payees, e.amounts, statement_timestamp()
   FROM (SELECT nextval('ledger.event_id_seq') AS id, CASE :'mix' WHEN 'disburse' THEN 's' WHEN 'deep' THEN 'd'
 						   ELSE 't' END::"char" AS kind,
@@ -72,9 +74,11 @@ SELECT a.bucket, e.id, e.id, e.kind, e.payer, e.payee,
 						OFFSET 0) r
 				OFFSET 0) p
 		OFFSET 0) e
-  JOIN ledger.accounts a ON a.id = e.payer;
-SELECT min(q.id), max(q.id),
-	   (SELECT array_agg(m.id) FROM (SELECT max(q2.id) AS id FROM ledger.queue q2
-									  GROUP BY q2.bucket) m)
-  FROM ledger.queue q;
+  JOIN ledger.accounts a ON a.id = e.payer
+RETURNING bucket, id
+)
+SELECT min(l.id), max(l.id),
+	   (SELECT array_agg(m.id) FROM (SELECT max(l2.id) AS id FROM logged l2
+									  GROUP BY l2.bucket) m)
+  FROM logged l;
 COMMIT;

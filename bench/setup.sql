@@ -15,7 +15,8 @@
 CREATE EXTENSION ledger;
 
 CREATE SCHEMA bench;
-CREATE TABLE bench.queue (LIKE ledger.queue INCLUDING ALL);
+-- what enqueue writes at the least: a row of the log, with its indexes
+CREATE TABLE bench.queue (LIKE ledger.event_log INCLUDING ALL);
 CREATE SEQUENCE bench.queue_id_seq;
 CREATE TABLE bench.legs (LIKE ledger.transactions INCLUDING ALL);
 CREATE TABLE bench.accounts (

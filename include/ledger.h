@@ -167,6 +167,12 @@ typedef struct LedgerWorkerStats
 
 typedef struct LedgerWorkerSlot
 {
+	/*
+	 * Wake-ups sent, counted: a worker that saw the count change during a
+	 * pass does not sleep, though a lock wait in the pass took the latch's
+	 * wake-up (ProcSleep() resets the latch it waits on).
+	 */
+	pg_atomic_uint64 wakeups;
 	slock_t		mutex;			/* protects everything below */
 	pid_t		pid;
 	Latch	   *latch;
@@ -208,6 +214,8 @@ extern int	ledger_worker_of_bucket(int bucket);
 extern Oid	ledger_extension_oid(void);
 extern LedgerSchema ledger_schema(void);
 extern void ledger_require_schema(void);
+extern bool ledger_installation(int64 *base_id);
+extern void ledger_require_installation(void);
 extern bool ledger_in_cluster(void);
 extern const char *ledger_kind_name(char kind);
 extern bool ledger_valid_currency_code(const char *code);
@@ -261,7 +269,6 @@ extern BulkInsert *ledger_bulk_begin(Oid relid);
 extern TupleTableSlot *ledger_bulk_next_slot(BulkInsert *bulk);
 extern void ledger_bulk_add_row(BulkInsert *bulk, TupleTableSlot *slot);
 extern void ledger_bulk_end(BulkInsert *bulk);
-extern void ledger_bulk_delete(Oid relid, ItemPointerData *tids, int ntids);
 extern void ledger_bulk_reset(void);
 
 /* apply.c */

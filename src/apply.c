@@ -3,13 +3,22 @@
  * apply.c
  *	  Applying one batch of a bucket's queued events.
  *
- * A batch is applied in the worker's current transaction.  One statement
- * reads the oldest queued events of the bucket, another loads the accounts
- * this worker has not seen yet; then the events are decided here, in C, one
- * at a time in queue order, because each depends on the balances the
- * previous ones left.  The outcome is written straight to the heap (bulk.c):
- * the events' rows, their legs, credits for other buckets, breakpoints, the
- * new totals of open holds, and the applied entries deleted from the queue.
+ * A batch is applied in the worker's current transaction.  The events are
+ * in ledger.event_log, written there once by the calls that enqueued them.
+ * A bucket's events are read by snapshot, as PgQ reads its queues: a delta
+ * is the events whose transaction (txid) is visible in the snapshot of the
+ * delta's first batch (cur) and was not in the previous delta's (prev);
+ * the delta is applied in (txid, id) order, batch_size events a batch, each
+ * batch recording how far it got (its cursor).  A transaction that commits
+ * late falls in a later delta, never skipped; one that commits with others
+ * is ordered among them by its txid.  One statement reads the batch's
+ * events, another loads the accounts this worker has not seen yet; then the
+ * events are decided here, in C, one at a time in that order, because each
+ * depends on the balances the previous ones left.  What is new is written
+ * straight to the heap (bulk.c): legs, credits for other buckets (events of
+ * the log too), breakpoints, the new totals of open holds, a row for each
+ * event rejected or left for later, and one for the batch.  Nothing is
+ * updated or deleted.
  *
  * Balances come from a cache of account state kept across batches
  * (accounts.c), holds from a cache of the open ones (holds.c).  They can be
@@ -32,6 +41,7 @@
 
 #include "access/table.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
@@ -39,11 +49,15 @@
 #include "executor/spi.h"
 #include "storage/itemptr.h"
 #include "utils/array.h"
+#include "utils/datum.h"
+#include "utils/fmgrprotos.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+#include "utils/xid8.h"
 
 #include "ledger.h"
 #include "apply.h"
@@ -56,28 +70,44 @@
  */
 enum
 {
-	QUEUE_BUCKET, QUEUE_SEQ, QUEUE_ID, QUEUE_KIND, QUEUE_ACCOUNT_ID,
-	QUEUE_TO_ACCOUNT, QUEUE_AMOUNT, QUEUE_TO_ACCOUNTS, QUEUE_AMOUNTS,
-	QUEUE_ENQUEUED_AT, QUEUE_HOLD_ID, QUEUE_EXPIRES_AT, QUEUE_METADATA,
-	QUEUE_WAITS_FROM, QUEUE_NATTS
+	LOG_ID, LOG_KIND, LOG_ACCOUNT_ID, LOG_TO_ACCOUNT, LOG_AMOUNT,
+	LOG_TO_ACCOUNTS, LOG_AMOUNTS, LOG_STATUS, LOG_REASON, LOG_ENQUEUED_AT,
+	LOG_APPLIED_AT, LOG_HOLD_ID, LOG_EXPIRES_AT, LOG_METADATA, LOG_BUCKET,
+	LOG_TXID, LOG_WAITS_FROM, LOG_CREDIT_OF, LOG_NATTS
 };
-static const char *const queue_columns[] = {
-	"bucket", "seq", "id", "kind", "account_id", "to_account", "amount",
-	"to_accounts", "amounts", "enqueued_at", "hold_id", "expires_at", "metadata",
-	"waits_from"
+static const char *const event_log_columns[] = {
+	"id", "kind", "account_id", "to_account", "amount", "to_accounts",
+	"amounts", "status", "reason", "enqueued_at", "applied_at", "hold_id",
+	"expires_at", "metadata", "bucket", "txid", "waits_from", "credit_of"
 };
 
 enum
 {
-	EVENTS_ID, EVENTS_KIND, EVENTS_ACCOUNT_ID, EVENTS_TO_ACCOUNT, EVENTS_AMOUNT,
-	EVENTS_TO_ACCOUNTS, EVENTS_AMOUNTS, EVENTS_STATUS, EVENTS_REASON,
-	EVENTS_ENQUEUED_AT, EVENTS_APPLIED_AT, EVENTS_HOLD_ID, EVENTS_EXPIRES_AT,
-	EVENTS_METADATA, EVENTS_NATTS
+	BATCHES_BUCKET, BATCHES_ID, BATCHES_PREV, BATCHES_CUR, BATCHES_CUR_XMAX,
+	BATCHES_CURSOR_TXID, BATCHES_CURSOR_ID, BATCHES_DECIDED_AT,
+	BATCHES_APPLIED, BATCHES_REJECTED, BATCHES_NATTS
 };
-static const char *const events_columns[] = {
-	"id", "kind", "account_id", "to_account", "amount", "to_accounts",
-	"amounts", "status", "reason", "enqueued_at", "applied_at", "hold_id",
-	"expires_at", "metadata"
+static const char *const batches_columns[] = {
+	"bucket", "id", "prev", "cur", "cur_xmax", "cursor_txid", "cursor_id",
+	"decided_at", "applied", "rejected"
+};
+
+enum
+{
+	OUTCOMES_EVENT_ID, OUTCOMES_STATUS, OUTCOMES_REASON, OUTCOMES_BATCH_ID,
+	OUTCOMES_DECIDED_AT, OUTCOMES_NATTS
+};
+static const char *const outcomes_columns[] = {
+	"event_id", "status", "reason", "batch_id", "decided_at"
+};
+
+enum
+{
+	DEFERRED_EVENT_ID, DEFERRED_BUCKET, DEFERRED_BATCH_ID, DEFERRED_DEFERRED_AT,
+	DEFERRED_NATTS
+};
+static const char *const deferred_columns[] = {
+	"event_id", "bucket", "batch_id", "deferred_at"
 };
 
 enum
@@ -131,23 +161,22 @@ static const char *const transit_columns[] = {
 	"to_accounts", "amounts", "amount", "created_at"
 };
 
-/* A queued event, as read from ledger.queue. */
+/* An event of the log a batch decides. */
 typedef struct QueuedEvent
 {
-	ItemPointerData ctid;
-	int64		seq;
-	int64		id;
+	int64		row_id;			/* its row's id: a credit has one of its own */
+	int64		id;				/* the event's: a credit's is the one it completes */
 	char		kind;
 	int64		account_id;
 	int64		amount;
 	int64		hold_id;		/* post and void */
 	TimestampTz expires_at;		/* hold, or 0 */
+	int64		waits_from;		/* see order.c; or 0 */
+	Datum		txid;			/* xid8 */
+	bool		was_deferred;	/* left for later by an earlier batch */
 	int			npayees;		/* transfers, disbursements, credits, posts */
 	int64	   *payees;
 	int64	   *amounts;
-	/* the queue row's columns, copied as they are into ledger.events */
-	Datum		row[QUEUE_NATTS];
-	bool		row_isnull[QUEUE_NATTS];
 } QueuedEvent;
 
 /* Where a batch's rows go. */
@@ -159,8 +188,10 @@ typedef struct BatchOutput
 	BulkInsert *breakpoints;
 	BulkInsert *hold_ends;
 	BulkInsert *transit;		/* NULL but in a cluster */
-	ItemPointerData *done;		/* queue entries to delete */
-	int			ndone;
+	BulkInsert *outcomes;
+	BulkInsert *deferred;
+	int64		batch_id;
+	Datum		txid;			/* the batch's own (xid8), for its credits */
 	TimestampTz now;
 } BatchOutput;
 
@@ -169,20 +200,33 @@ static bool cluster_mode = false;	/* a node of a cluster */
 static uint64 seen_limits_generation = 0;
 static Oid	transaction_seq_oid = InvalidOid;
 static Oid	event_seq_oid = InvalidOid;
-static Oid	queue_oid = InvalidOid;
-static Oid	events_oid = InvalidOid;
+static Oid	event_log_oid = InvalidOid;
+static Oid	batches_oid = InvalidOid;
+static Oid	outcomes_oid = InvalidOid;
+static Oid	deferred_oid = InvalidOid;
+static Oid	batch_seq_oid = InvalidOid;
 static Oid	transactions_oid = InvalidOid;
 static Oid	breakpoints_oid = InvalidOid;
 static Oid	hold_ends_oid = InvalidOid;
 static Oid	account_holds_oid = InvalidOid;
 static Oid	transit_oid = InvalidOid;
 static int	my_worker = -1;
+static int64 base_id = 0;		/* events up to it are read by id only */
 
-/* The buckets this worker serves: its own, and any left from a larger setting. */
+/*
+ * The buckets this worker serves: its own, and any left from a larger
+ * setting; for each, the delta it is applying.
+ */
 typedef struct BucketState
 {
 	int			bucket;
-	int			nleft;			/* entries the last batch left queued */
+	Datum		prev;			/* pg_snapshot: where the last delta ended */
+	Datum		cur;			/* the delta's own, or 0 before it starts */
+	Datum		cursor_txid;	/* (xid8, id) of the last event of the delta */
+	int64		cursor_id;		/* decided; cursor_txid 0 before the first */
+	int64	   *deferred;		/* the events left for later, in order */
+	int			ndeferred;
+	int			maxdeferred;
 } BucketState;
 
 static BucketState served_buckets[LEDGER_MAX_BUCKETS * 4];
@@ -192,6 +236,7 @@ static int	nserved_buckets = 0;
 static HTAB *reported_credits = NULL;
 
 static SPIPlanPtr fetch_plan = NULL;
+static SPIPlanPtr fetch_deferred_plan = NULL;
 static SPIPlanPtr awaited_plan = NULL;
 
 /*
@@ -208,6 +253,7 @@ ledger_apply_reset(void)
 	transaction_seq_oid = InvalidOid;
 	ledger_extension = InvalidOid;
 	ledger_free_plan(&fetch_plan);
+	ledger_free_plan(&fetch_deferred_plan);
 	ledger_free_plan(&awaited_plan);
 	if (reported_credits)
 		hash_destroy(reported_credits);
@@ -245,6 +291,161 @@ ledger_relation(const char *name, const char *const *columns, int ncolumns)
 	return relid;
 }
 
+static Datum
+copy_datum(Datum value, int16 typlen, bool typbyval)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	Datum		copy = datumCopy(value, typbyval, typlen);
+
+	MemoryContextSwitchTo(oldcxt);
+	return copy;
+}
+
+static void
+free_datum(Datum *value)
+{
+	if (*value != (Datum) 0)
+		pfree(DatumGetPointer(*value));
+	*value = (Datum) 0;
+}
+
+/* Remember an event left for later, at the end of the bucket's list. */
+static void
+add_deferred(BucketState *b, int64 event_id)
+{
+	if (b->ndeferred == b->maxdeferred)
+	{
+		b->maxdeferred = Max(16, b->maxdeferred * 2);
+		b->deferred = b->deferred == NULL ?
+			MemoryContextAlloc(TopMemoryContext, sizeof(int64) * b->maxdeferred) :
+			repalloc(b->deferred, sizeof(int64) * b->maxdeferred);
+	}
+	b->deferred[b->ndeferred++] = event_id;
+}
+
+/*
+ * Where the bucket's batches got to: its newest batch, or nothing yet (then
+ * every event of the log is new); and the events left for later that have
+ * no outcome yet.
+ */
+static void
+load_delta(BucketState *b)
+{
+	Oid			argtype = INT4OID;
+	Datum		arg = Int32GetDatum(b->bucket);
+	bool		isnull;
+	uint64		i;
+
+	free_datum(&b->prev);
+	free_datum(&b->cur);
+	b->cursor_txid = (Datum) 0;
+	b->cursor_id = 0;
+	b->ndeferred = 0;
+
+	if (SPI_execute_with_args("SELECT b.prev, b.cur, b.cursor_txid, b.cursor_id"
+							  "  FROM ledger.batches b WHERE b.bucket = $1"
+							  " ORDER BY b.id DESC LIMIT 1",
+							  1, &argtype, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the batches of bucket %d", b->bucket);
+	if (SPI_processed == 0)
+		b->prev = copy_datum(DirectFunctionCall1(pg_snapshot_in, CStringGetDatum("1:1:")),
+							 -1, false);
+	else
+	{
+		HeapTuple	row = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Datum		cursor_txid = SPI_getbinval(row, desc, 3, &isnull);
+
+		if (isnull)
+		{
+			/* the last delta is done: the next starts from its snapshot */
+			b->prev = copy_datum(SPI_getbinval(row, desc, 2, &isnull), -1, false);
+		}
+		else
+		{
+			b->prev = copy_datum(SPI_getbinval(row, desc, 1, &isnull), -1, false);
+			b->cur = copy_datum(SPI_getbinval(row, desc, 2, &isnull), -1, false);
+			b->cursor_txid = cursor_txid;
+			b->cursor_id = DatumGetInt64(SPI_getbinval(row, desc, 4, &isnull));
+		}
+	}
+
+	if (SPI_execute_with_args("SELECT d.event_id FROM ledger.deferred d"
+							  " WHERE d.bucket = $1"
+							  "   AND NOT EXISTS (SELECT FROM ledger.outcomes o"
+							  "                    WHERE o.event_id = d.event_id)"
+							  " ORDER BY d.event_id",
+							  1, &argtype, &arg, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the deferred events of bucket %d", b->bucket);
+	for (i = 0; i < SPI_processed; i++)
+		add_deferred(b, DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+													SPI_tuptable->tupdesc, 1, &isnull)));
+}
+
+/*
+ * Take over a ledger restored from another cluster, or from a later state
+ * of this one (ledger_installation()): its log's transaction ids are of
+ * another history, and could be taken for this one's.  The events they
+ * still left pending are listed as deferred, to be read by id; every
+ * bucket's next delta starts from nothing; the events up to the newest so
+ * far are decided by what the batches of the other history said
+ * (ledger.installation's base_id and base_batch).  One worker does it, the
+ * others find it done.  Enqueueing waits for it
+ * (ledger_require_installation()).
+ */
+static void
+take_over_restored_ledger(void)
+{
+	int64		base;
+
+	if (!ledger_installation(&base))
+	{
+		base_id = base;
+		return;
+	}
+	if (SPI_execute("LOCK TABLE ledger.installation IN SHARE ROW EXCLUSIVE MODE",
+					false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not lock ledger.installation");
+	if (ledger_installation(&base))
+	{
+		if (SPI_execute("INSERT INTO ledger.deferred (event_id, bucket, batch_id, deferred_at)"
+						" SELECT s.id, s.bucket, 0, pg_catalog.now() FROM ledger.log_states s"
+						"  WHERE s.state = 'p' AND s.txid IS NOT NULL"
+						"    AND NOT EXISTS (SELECT FROM ledger.deferred d WHERE d.event_id = s.id)",
+						false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not list the pending events of the restored ledger");
+		ereport(LOG,
+				(errmsg("ledger: taking over a ledger restored from another cluster"),
+				 errdetail_plural("%d event still pending is read by its id from now on.",
+								  "%d events still pending are read by their ids from now on.",
+								  (int) SPI_processed, (int) SPI_processed)));
+		if (SPI_execute("INSERT INTO ledger.batches (bucket, id, prev, cur, cur_xmax,"
+						" decided_at, applied, rejected)"
+						" SELECT b.bucket, pg_catalog.nextval('ledger.batch_id_seq'),"
+						"        '1:1:', '1:1:', '1', pg_catalog.now(), 0, 0"
+						"   FROM (SELECT DISTINCT b.bucket FROM ledger.batches b) b",
+						false, 0) != SPI_OK_INSERT ||
+			SPI_execute("INSERT INTO ledger.installation (system_id, base_id, base_batch, since)"
+						" SELECT ledger.system_identifier(),"
+						"        COALESCE((SELECT max(e.id) FROM ledger.event_log e), 0),"
+						"        COALESCE((SELECT max(b.id) FROM ledger.batches b), 0),"
+						"        pg_catalog.now()",
+						false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not take over the restored ledger");
+		if (ledger_installation(&base))
+			elog(ERROR, "the restored ledger was not taken over");
+	}
+	base_id = base;
+
+	/*
+	 * The pass's snapshot is from before the lock: the rows just written,
+	 * here or by the worker waited for, are in a newer one.
+	 */
+	CommandCounterIncrement();
+	PopActiveSnapshot();
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
 /*
  * Find the buckets this worker serves, and make sure each has its external
  * accounts.  Buckets numbered ledger.buckets or more hold accounts opened
@@ -269,12 +470,20 @@ setup_buckets(void)
 	if (SPI_processed > lengthof(served_buckets))
 		elog(ERROR, "too many buckets for worker %d", my_worker);
 
+	for (i = 0; i < nserved_buckets; i++)
+	{
+		free_datum(&served_buckets[i].prev);
+		free_datum(&served_buckets[i].cur);
+		served_buckets[i].ndeferred = 0;
+	}
 	nserved_buckets = (int) SPI_processed;
 	for (i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
 
-		memset(&served_buckets[i], 0, sizeof(BucketState));
+		served_buckets[i].prev = served_buckets[i].cur = (Datum) 0;
+		served_buckets[i].cursor_txid = (Datum) 0;
+		served_buckets[i].cursor_id = 0;
 		served_buckets[i].bucket = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
 															   SPI_tuptable->tupdesc,
 															   1, &isnull));
@@ -290,6 +499,7 @@ setup_buckets(void)
 								  1, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not create the external accounts of bucket %d",
 				 served_buckets[i].bucket);
+		load_delta(&served_buckets[i]);
 	}
 }
 
@@ -337,8 +547,11 @@ ledger_apply_ready(int worker, uint64 limits_before, uint64 limits_after,
 		cluster_mode = ledger_in_cluster();
 		transaction_seq_oid = ledger_relation("transaction_id_seq", NULL, 0);
 		event_seq_oid = ledger_relation("event_id_seq", NULL, 0);
-		queue_oid = ledger_relation("queue", queue_columns, QUEUE_NATTS);
-		events_oid = ledger_relation("events", events_columns, EVENTS_NATTS);
+		batch_seq_oid = ledger_relation("batch_id_seq", NULL, 0);
+		event_log_oid = ledger_relation("event_log", event_log_columns, LOG_NATTS);
+		batches_oid = ledger_relation("batches", batches_columns, BATCHES_NATTS);
+		outcomes_oid = ledger_relation("outcomes", outcomes_columns, OUTCOMES_NATTS);
+		deferred_oid = ledger_relation("deferred", deferred_columns, DEFERRED_NATTS);
 		transactions_oid = ledger_relation("transactions", transactions_columns,
 										   TRANSACTIONS_NATTS);
 		breakpoints_oid = ledger_relation("breakpoints", breakpoints_columns,
@@ -350,6 +563,7 @@ ledger_apply_ready(int worker, uint64 limits_before, uint64 limits_after,
 		transit_oid = cluster_mode ?
 			ledger_relation("transit", transit_columns, TRANSIT_NATTS) :
 			InvalidOid;
+		take_over_restored_ledger();
 		setup_buckets();
 		ledger_holds_load(my_worker);
 		ledger_supply_load(my_worker);
@@ -383,81 +597,148 @@ bigint_array_values(Datum array, int *n)
 	return values;
 }
 
-static QueuedEvent *
-fetch_batch(BucketState *b, int batch_size, int *nevents)
+/* Fill in an event from a row of the log SPI_tuptable holds. */
+static void
+read_event(HeapTuple tuple, TupleDesc desc, QueuedEvent *ev)
 {
-	Oid			argtypes[2] = {INT4OID, INT4OID};
-	Datum		args[2];
+	Datum		row[LOG_NATTS];
+	bool		isnull[LOG_NATTS];
+	int			col;
+
+	for (col = 0; col < LOG_NATTS; col++)
+		row[col] = SPI_getbinval(tuple, desc, col + 1, &isnull[col]);
+
+	ev->row_id = DatumGetInt64(row[LOG_ID]);
+	ev->id = isnull[LOG_CREDIT_OF] ? ev->row_id : DatumGetInt64(row[LOG_CREDIT_OF]);
+	ev->kind = DatumGetChar(row[LOG_KIND]);
+	ev->account_id = DatumGetInt64(row[LOG_ACCOUNT_ID]);
+	ev->amount = DatumGetInt64(row[LOG_AMOUNT]);
+	ev->hold_id = isnull[LOG_HOLD_ID] ? 0 : DatumGetInt64(row[LOG_HOLD_ID]);
+	ev->expires_at = isnull[LOG_EXPIRES_AT] ? 0 :
+		DatumGetTimestampTz(row[LOG_EXPIRES_AT]);
+	ev->waits_from = isnull[LOG_WAITS_FROM] ? 0 : DatumGetInt64(row[LOG_WAITS_FROM]);
+	ev->txid = row[LOG_TXID];
+
+	if (ev->kind == LEDGER_TRANSFER || ev->kind == LEDGER_HOLD ||
+		ev->kind == LEDGER_POST)
+	{
+		/*
+		 * A transfer is a disbursement to one payee; so is a post, of an
+		 * amount known once its hold is found.  A hold names its payee too.
+		 */
+		ev->npayees = 1;
+		ev->payees = palloc(sizeof(int64));
+		ev->amounts = palloc(sizeof(int64));
+		ev->payees[0] = DatumGetInt64(row[LOG_TO_ACCOUNT]);
+		ev->amounts[0] = ev->amount;
+	}
+	else if (ev->kind == LEDGER_DISBURSE || ev->kind == LEDGER_CREDIT)
+	{
+		int			namounts;
+
+		ev->payees = bigint_array_values(row[LOG_TO_ACCOUNTS], &ev->npayees);
+		ev->amounts = bigint_array_values(row[LOG_AMOUNTS], &namounts);
+		if (namounts != ev->npayees)
+			elog(ERROR, "event " INT64_FORMAT " has %d payees and %d amounts",
+				 ev->id, ev->npayees, namounts);
+	}
+}
+
+/*
+ * Read the batch: the events the bucket left for later, then up to
+ * batch_size more of its delta, after its cursor.  Sets *more when the
+ * delta may have more.  The events are in the order they are to be decided.
+ */
+static QueuedEvent *
+fetch_batch(BucketState *b, int batch_size, int *nevents, bool *more)
+{
+	Oid			argtypes[9] = {INT4OID, XID8OID, XID8OID, XID8OID, INT8OID,
+		PG_SNAPSHOTOID, PG_SNAPSHOTOID, INT4OID, INT8OID};
+	Oid			deferred_argtypes[2] = {INT8ARRAYOID, INT8OID};
+	Datum		args[9];
 	QueuedEvent *events;
+	int			nnew;
 	uint64		i;
 
-	ledger_prepare_plan(&fetch_plan,
-						"SELECT q.ctid, q.* FROM ledger.queue q"
-						" WHERE q.bucket = $1"
-						" ORDER BY q.bucket, q.seq"
-						" LIMIT $2",
-						2, argtypes);
-	args[0] = Int32GetDatum(b->bucket);
-	args[1] = Int32GetDatum(batch_size);
 	/*
-	 * Under the batch's own snapshot, as every other read that decides its
-	 * events (a fresh one could show an event whose awaited credit, in
-	 * another bucket, the older one does not).
+	 * The deferred events in the order they were read in: those of a ledger
+	 * restored from another history first, as their transaction ids are not
+	 * comparable with this cluster's.
 	 */
-	if (SPI_execute_plan(fetch_plan, args, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the queue of bucket %d", b->bucket);
-
-	*nevents = (int) SPI_processed;
-	events = palloc0(sizeof(QueuedEvent) * Max(SPI_processed, 1));
-	for (i = 0; i < SPI_processed; i++)
+	if (b->ndeferred > 0)
 	{
-		HeapTuple	tuple = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		QueuedEvent *ev = &events[i];
-		Datum	   *row = ev->row;
-		bool	   *isnull = ev->row_isnull;
-		bool		ctid_isnull;
-		int			col;
+		Datum	   *ids = palloc(sizeof(Datum) * b->ndeferred);
+		Datum		dargs[2];
 
-		/* column 1 is the ctid, then the queue's own columns */
-		ev->ctid = *(ItemPointer) DatumGetPointer(SPI_getbinval(tuple, desc, 1, &ctid_isnull));
-		for (col = 0; col < QUEUE_NATTS; col++)
-			row[col] = SPI_getbinval(tuple, desc, col + 2, &isnull[col]);
-
-		ev->seq = DatumGetInt64(row[QUEUE_SEQ]);
-		ev->id = DatumGetInt64(row[QUEUE_ID]);
-		ev->kind = DatumGetChar(row[QUEUE_KIND]);
-		ev->account_id = DatumGetInt64(row[QUEUE_ACCOUNT_ID]);
-		ev->amount = DatumGetInt64(row[QUEUE_AMOUNT]);
-		ev->hold_id = isnull[QUEUE_HOLD_ID] ? 0 : DatumGetInt64(row[QUEUE_HOLD_ID]);
-		ev->expires_at = isnull[QUEUE_EXPIRES_AT] ? 0 :
-			DatumGetTimestampTz(row[QUEUE_EXPIRES_AT]);
-
-		if (ev->kind == LEDGER_TRANSFER || ev->kind == LEDGER_HOLD ||
-			ev->kind == LEDGER_POST)
-		{
-			/*
-			 * A transfer is a disbursement to one payee; so is a post, of an
-			 * amount known once its hold is found.  A hold names its payee
-			 * too.
-			 */
-			ev->npayees = 1;
-			ev->payees = palloc(sizeof(int64));
-			ev->amounts = palloc(sizeof(int64));
-			ev->payees[0] = DatumGetInt64(row[QUEUE_TO_ACCOUNT]);
-			ev->amounts[0] = ev->amount;
-		}
-		else if (ev->kind == LEDGER_DISBURSE || ev->kind == LEDGER_CREDIT)
-		{
-			int			namounts;
-
-			ev->payees = bigint_array_values(row[QUEUE_TO_ACCOUNTS], &ev->npayees);
-			ev->amounts = bigint_array_values(row[QUEUE_AMOUNTS], &namounts);
-			if (namounts != ev->npayees)
-				elog(ERROR, "event " INT64_FORMAT " has %d payees and %d amounts",
-					 ev->id, ev->npayees, namounts);
-		}
+		for (i = 0; i < b->ndeferred; i++)
+			ids[i] = Int64GetDatum(b->deferred[i]);
+		dargs[0] = ledger_bigint_array(ids, b->ndeferred);
+		dargs[1] = Int64GetDatum(base_id);
+		ledger_prepare_plan(&fetch_deferred_plan,
+							"SELECT e.* FROM ledger.event_log e WHERE e.id = ANY ($1)"
+							" ORDER BY e.id > $2, e.txid, e.id",
+							2, deferred_argtypes);
+		if (SPI_execute_plan(fetch_deferred_plan, dargs, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the deferred events of bucket %d", b->bucket);
 	}
+	events = palloc0(sizeof(QueuedEvent) * (b->ndeferred + batch_size));
+	*nevents = 0;
+	for (i = 0; b->ndeferred > 0 && i < SPI_processed; i++)
+	{
+		read_event(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &events[*nevents]);
+		events[(*nevents)++].was_deferred = true;
+	}
+
+	/*
+	 * The delta's events after the cursor: their transaction visible in cur
+	 * and not in prev.  Not in prev means from prev's xmax on, or in
+	 * progress in prev: as PgQ does, the range is read from prev's xmax, and
+	 * each transaction prev saw in progress probed for on its own.  Reading
+	 * from prev's xmin instead would read again, every batch, all that
+	 * committed since the oldest transaction then open: a transaction left
+	 * open anywhere in the cluster would slow the worker down more and more.
+	 * Events up to base_id are of a ledger restored from another cluster:
+	 * their transaction ids are not this one's.
+	 */
+	ledger_prepare_plan(&fetch_plan,
+						"SELECT u.* FROM ("
+						" (SELECT e.* FROM ledger.event_log e"
+						"   WHERE e.bucket = $1 AND e.txid >= $2 AND e.txid < $3"
+						"     AND (e.txid, e.id) > ($4, $5)"
+						"     AND pg_visible_in_snapshot(e.txid, $6) AND e.id > $9"
+						"   ORDER BY e.bucket, e.txid, e.id LIMIT $8)"
+						" UNION ALL"
+						" SELECT w.* FROM pg_snapshot_xip($7) x(txid)"
+						"  CROSS JOIN LATERAL"
+						"   (SELECT e.* FROM ledger.event_log e"
+						"     WHERE e.bucket = $1 AND e.txid = x.txid"
+						"       AND (e.txid, e.id) > ($4, $5) AND e.id > $9"
+						"     ORDER BY e.bucket, e.txid, e.id LIMIT $8) w"
+						"  WHERE x.txid >= $4 AND pg_visible_in_snapshot(x.txid, $6)"
+						") u ORDER BY u.txid, u.id LIMIT $8",
+						9, argtypes);
+	args[0] = Int32GetDatum(b->bucket);
+	args[1] = DirectFunctionCall1(pg_snapshot_xmax, b->prev);
+	args[2] = DirectFunctionCall1(pg_snapshot_xmax, b->cur);
+	args[3] = b->cursor_txid;
+	args[4] = Int64GetDatum(b->cursor_id);
+	args[5] = b->cur;
+	args[6] = b->prev;
+	args[7] = Int32GetDatum(batch_size);
+	args[8] = Int64GetDatum(base_id);
+	if (SPI_execute_plan(fetch_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the events of bucket %d", b->bucket);
+	nnew = (int) SPI_processed;
+	for (i = 0; i < SPI_processed; i++)
+		read_event(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &events[(*nevents)++]);
+
+	/* the cursor moves to the last event read: all before it are decided */
+	if (nnew > 0)
+	{
+		b->cursor_txid = events[*nevents - 1].txid;
+		b->cursor_id = events[*nevents - 1].row_id;
+	}
+	*more = nnew == batch_size;
 	return events;
 }
 
@@ -597,49 +878,59 @@ post_leg(BatchOutput *out, AccountState *acct, int64 event_id, int64 amount)
 		write_breakpoint(out, acct);
 }
 
-/* Move an applied or rejected event from the queue to ledger.events. */
+/*
+ * An event is decided.  Only what the batch does not say itself is
+ * written: a rejection, with its reason, and the outcome of an event an
+ * earlier batch left for later.
+ */
 static void
 record_outcome(BatchOutput *out, QueuedEvent *ev, const char *reason)
 {
-	TupleTableSlot *slot = ledger_bulk_next_slot(out->events);
-	Datum	   *v = slot->tts_values;
-	bool	   *isnull = slot->tts_isnull;
+	if (reason != NULL || ev->was_deferred)
+	{
+		TupleTableSlot *slot = ledger_bulk_next_slot(out->outcomes);
+		Datum	   *v = slot->tts_values;
 
-	v[EVENTS_ID] = ev->row[QUEUE_ID];
-	v[EVENTS_KIND] = ev->row[QUEUE_KIND];
-	v[EVENTS_ACCOUNT_ID] = ev->row[QUEUE_ACCOUNT_ID];
-	v[EVENTS_TO_ACCOUNT] = ev->row[QUEUE_TO_ACCOUNT];
-	v[EVENTS_AMOUNT] = ev->row[QUEUE_AMOUNT];
-	v[EVENTS_TO_ACCOUNTS] = ev->row[QUEUE_TO_ACCOUNTS];
-	v[EVENTS_AMOUNTS] = ev->row[QUEUE_AMOUNTS];
-	v[EVENTS_STATUS] = CharGetDatum(reason ? LEDGER_REJECTED : LEDGER_APPLIED);
-	v[EVENTS_REASON] = reason ? CStringGetTextDatum(reason) : (Datum) 0;
-	v[EVENTS_ENQUEUED_AT] = ev->row[QUEUE_ENQUEUED_AT];
-	v[EVENTS_APPLIED_AT] = TimestampTzGetDatum(out->now);
-	v[EVENTS_HOLD_ID] = ev->row[QUEUE_HOLD_ID];
-	v[EVENTS_EXPIRES_AT] = ev->row[QUEUE_EXPIRES_AT];
-	v[EVENTS_METADATA] = ev->row[QUEUE_METADATA];
-	memset(isnull, false, sizeof(bool) * EVENTS_NATTS);
-	isnull[EVENTS_TO_ACCOUNT] = ev->row_isnull[QUEUE_TO_ACCOUNT];
-	isnull[EVENTS_TO_ACCOUNTS] = ev->row_isnull[QUEUE_TO_ACCOUNTS];
-	isnull[EVENTS_AMOUNTS] = ev->row_isnull[QUEUE_AMOUNTS];
-	isnull[EVENTS_REASON] = reason == NULL;
-	isnull[EVENTS_HOLD_ID] = ev->row_isnull[QUEUE_HOLD_ID];
-	isnull[EVENTS_EXPIRES_AT] = ev->row_isnull[QUEUE_EXPIRES_AT];
-	isnull[EVENTS_METADATA] = ev->row_isnull[QUEUE_METADATA];
-	ledger_bulk_add_row(out->events, slot);
-
-	out->done[out->ndone++] = ev->ctid;
+		memset(slot->tts_isnull, false, sizeof(bool) * OUTCOMES_NATTS);
+		v[OUTCOMES_EVENT_ID] = Int64GetDatum(ev->row_id);
+		v[OUTCOMES_STATUS] = CharGetDatum(reason ? LEDGER_REJECTED : LEDGER_APPLIED);
+		v[OUTCOMES_REASON] = reason ? CStringGetTextDatum(reason) : (Datum) 0;
+		slot->tts_isnull[OUTCOMES_REASON] = reason == NULL;
+		v[OUTCOMES_BATCH_ID] = Int64GetDatum(out->batch_id);
+		v[OUTCOMES_DECIDED_AT] = TimestampTzGetDatum(out->now);
+		ledger_bulk_add_row(out->outcomes, slot);
+	}
 
 	/*
 	 * No longer pending for the spam guard.  Counted off before the commit
 	 * rather than after: should the batch fail, the event is left uncounted
 	 * (let through), where a worker dying after the commit would leave it
-	 * counted for good (refused).
+	 * counted for good (refused).  A credit was never counted.
 	 */
+	if (ev->kind == LEDGER_CREDIT)
+		return;
 	ledger_guard_release(ev->account_id);
 	if (ev->kind == LEDGER_POST || ev->kind == LEDGER_VOID)
 		ledger_guard_release(-ev->hold_id);
+}
+
+/* An event is left for later: a row says so, the first time. */
+static void
+record_deferral(BatchOutput *out, BucketState *b, QueuedEvent *ev)
+{
+	add_deferred(b, ev->row_id);
+	if (!ev->was_deferred)
+	{
+		TupleTableSlot *slot = ledger_bulk_next_slot(out->deferred);
+		Datum	   *v = slot->tts_values;
+
+		memset(slot->tts_isnull, false, sizeof(bool) * DEFERRED_NATTS);
+		v[DEFERRED_EVENT_ID] = Int64GetDatum(ev->row_id);
+		v[DEFERRED_BUCKET] = Int32GetDatum(b->bucket);
+		v[DEFERRED_BATCH_ID] = Int64GetDatum(out->batch_id);
+		v[DEFERRED_DEFERRED_AT] = TimestampTzGetDatum(out->now);
+		ledger_bulk_add_row(out->deferred, slot);
+	}
 }
 
 /* The payees of an event that one credit entry or transit row carries. */
@@ -710,8 +1001,9 @@ send_credit(BatchOutput *out, QueuedEvent *ev, AccountState **payees,
 }
 
 /*
- * Queue, in another bucket of this node, the credit legs of an event for
- * the payees that bucket holds.
+ * Log, for another bucket of this node, the credit legs of an event for the
+ * payees that bucket holds: a credit event of the log, under the batch's
+ * transaction, which that bucket's worker reads once the batch commits.
  */
 static void
 queue_credit(BatchOutput *out, QueuedEvent *ev, AccountState **payees,
@@ -721,22 +1013,23 @@ queue_credit(BatchOutput *out, QueuedEvent *ev, AccountState **payees,
 	CreditShare share = gather_credit(ev, payees, first, done);
 	TupleTableSlot *slot = ledger_bulk_next_slot(out->credits);
 	Datum	   *v = slot->tts_values;
+	bool	   *isnull = slot->tts_isnull;
 
-	memset(slot->tts_isnull, false, sizeof(bool) * QUEUE_NATTS);
-	v[QUEUE_BUCKET] = Int32GetDatum(bucket);
-	v[QUEUE_SEQ] = Int64GetDatum(nextval_internal(event_seq_oid, false));
-	v[QUEUE_ID] = Int64GetDatum(ev->id);
-	v[QUEUE_KIND] = CharGetDatum(LEDGER_CREDIT);
-	v[QUEUE_ACCOUNT_ID] = Int64GetDatum(ev->account_id);
-	slot->tts_isnull[QUEUE_TO_ACCOUNT] = true;
-	v[QUEUE_AMOUNT] = Int64GetDatum(share.total);
-	v[QUEUE_TO_ACCOUNTS] = share.to_accounts;
-	v[QUEUE_AMOUNTS] = share.amounts;
-	v[QUEUE_ENQUEUED_AT] = TimestampTzGetDatum(out->now);
-	slot->tts_isnull[QUEUE_HOLD_ID] = true;
-	slot->tts_isnull[QUEUE_EXPIRES_AT] = true;
-	slot->tts_isnull[QUEUE_METADATA] = true;
-	slot->tts_isnull[QUEUE_WAITS_FROM] = true;
+	memset(isnull, true, sizeof(bool) * LOG_NATTS);
+	v[LOG_ID] = Int64GetDatum(nextval_internal(event_seq_oid, false));
+	v[LOG_KIND] = CharGetDatum(LEDGER_CREDIT);
+	v[LOG_ACCOUNT_ID] = Int64GetDatum(ev->account_id);
+	v[LOG_AMOUNT] = Int64GetDatum(share.total);
+	v[LOG_TO_ACCOUNTS] = share.to_accounts;
+	v[LOG_AMOUNTS] = share.amounts;
+	v[LOG_ENQUEUED_AT] = TimestampTzGetDatum(out->now);
+	v[LOG_BUCKET] = Int32GetDatum(bucket);
+	v[LOG_TXID] = out->txid;
+	v[LOG_CREDIT_OF] = Int64GetDatum(ev->id);
+	isnull[LOG_ID] = isnull[LOG_KIND] = isnull[LOG_ACCOUNT_ID] = false;
+	isnull[LOG_AMOUNT] = isnull[LOG_TO_ACCOUNTS] = isnull[LOG_AMOUNTS] = false;
+	isnull[LOG_ENQUEUED_AT] = isnull[LOG_BUCKET] = isnull[LOG_TXID] = false;
+	isnull[LOG_CREDIT_OF] = false;
 	ledger_bulk_add_row(out->credits, slot);
 
 	ledger_wake_at_commit(bucket);
@@ -961,7 +1254,6 @@ apply_post(BatchOutput *out, QueuedEvent *ev)
 	else if (ev->amount > hold->amount)
 		return "exceeds_hold";
 	ev->amounts[0] = ev->amount;
-	ev->row[QUEUE_AMOUNT] = Int64GetDatum(ev->amount);
 
 	payer = ledger_find_account(hold->account_id);
 	if (payer == NULL || !payer->owned)
@@ -1034,7 +1326,7 @@ apply_credit(BatchOutput *out, QueuedEvent *ev)
 				reported_credits = ledger_hash_create("ledger credits held back", 16,
 													  sizeof(int64), sizeof(int64),
 													  TopMemoryContext);
-			(void) hash_search(reported_credits, &ev->seq, HASH_ENTER, &reported);
+			(void) hash_search(reported_credits, &ev->row_id, HASH_ENTER, &reported);
 			if (!reported)
 				ereport(WARNING,
 						(errmsg("ledger: credit of event " INT64_FORMAT " to account " INT64_FORMAT " is held back",
@@ -1047,9 +1339,9 @@ apply_credit(BatchOutput *out, QueuedEvent *ev)
 	}
 	for (p = 0; p < ev->npayees; p++)
 		post_leg(out, ledger_find_account(ev->payees[p]), ev->id, ev->amounts[p]);
-	out->done[out->ndone++] = ev->ctid;
+	record_outcome(out, ev, NULL);
 	if (reported_credits)
-		(void) hash_search(reported_credits, &ev->seq, HASH_REMOVE, NULL);
+		(void) hash_search(reported_credits, &ev->row_id, HASH_REMOVE, NULL);
 	return true;
 }
 
@@ -1091,25 +1383,28 @@ wait_accounts_of(Waiting *w, QueuedEvent *ev)
 
 /*
  * Must this event wait for credits still on their way?  Only a debit whose
- * transaction queued, before it, a credit of its payer from another bucket
- * (ledger.queue.waits_from, see order.c), and only while it would be
- * refused for want of money: a debit that can be paid now could be paid
- * with those credits too, so deciding it now decides it as id order
- * would.  It then waits while some credit to its payer with an id from
- * waits_from to its own is queued: as an event of another bucket not
- * applied yet, or as a credit entry here.  Every wait is for an event of a
- * smaller id, or for a credit entry, which never waits: so waits cannot
- * form a cycle.
+ * transaction logged, before it, a credit of its payer from another bucket
+ * (waits_from, see order.c), and only while it would be refused for want
+ * of money: a debit that can be paid now could be paid with those credits
+ * too, so deciding it now decides it as id order would.  It then waits
+ * while an event of its transaction from waits_from on that credits its
+ * payer from another bucket is pending there, or its credit is pending
+ * here.  Each wait is for an event of the same transaction and a smaller
+ * id, or for a credit, which never waits, and an event left for later
+ * holds back only later events of its bucket: so waits cannot form a
+ * cycle.  An event decided before 1.6 has no transaction id or bucket
+ * logged: its pending credits from waits_from on are waited for, as 1.5
+ * did.
  */
 static bool
 awaits_credit(BucketState *b, QueuedEvent *ev, TimestampTz now)
 {
-	Oid			argtypes[4] = {INT8OID, INT8OID, INT4OID, INT8OID};
-	Datum		args[4];
+	Oid			argtypes[5] = {INT8OID, INT8OID, XID8OID, INT4OID, INT8OID};
+	Datum		args[5];
 	AccountState *payer;
 	const char *reason = NULL;
 
-	if (ev->row_isnull[QUEUE_WAITS_FROM])
+	if (ev->waits_from == 0)
 		return false;
 	payer = ledger_find_account(ev->account_id);
 	if (payer == NULL || !payer->owned ||
@@ -1120,17 +1415,23 @@ awaits_credit(BucketState *b, QueuedEvent *ev, TimestampTz now)
 		return false;
 
 	ledger_prepare_plan(&awaited_plan,
-						"SELECT 1 FROM ledger.queue q"
-						" WHERE q.id >= $1 AND q.id < $2"
-						"   AND ((q.kind <> 'c' AND q.bucket <> $3)"
-						"        OR (q.kind = 'c' AND q.bucket = $3))"
-						"   AND ($4 = q.to_account OR $4 = ANY (q.to_accounts))"
+						"SELECT 1 FROM ledger.event_log e"
+						" WHERE e.id >= $1 AND e.id < $2"
+						"   AND (e.txid = $3 OR e.txid IS NULL)"
+						"   AND (e.bucket <> $4 OR e.bucket IS NULL)"
+						"   AND e.credit_of IS NULL AND e.kind <> 'h'"
+						"   AND ($5 = e.to_account OR $5 = ANY (e.to_accounts))"
+						"   AND (ledger.row_state(e) = 'p'"
+						"        OR EXISTS (SELECT FROM ledger.event_log c"
+						"                    WHERE c.credit_of = e.id AND c.bucket = $4"
+						"                      AND ledger.row_state(c) = 'p'))"
 						" LIMIT 1",
-						4, argtypes);
-	args[0] = ev->row[QUEUE_WAITS_FROM];
+						5, argtypes);
+	args[0] = Int64GetDatum(ev->waits_from);
 	args[1] = Int64GetDatum(ev->id);
-	args[2] = Int32GetDatum(b->bucket);
-	args[3] = Int64GetDatum(ev->account_id);
+	args[2] = ev->txid;
+	args[3] = Int32GetDatum(b->bucket);
+	args[4] = Int64GetDatum(ev->account_id);
 	if (SPI_execute_plan(awaited_plan, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for the credits event " INT64_FORMAT " waits for",
 			 ev->id);
@@ -1164,12 +1465,60 @@ write_held(BatchOutput *out)
 	ledger_bulk_end(bulk);
 }
 
+/* The active snapshot, as a pg_snapshot. */
+static Datum
+current_snapshot(void)
+{
+	LOCAL_FCINFO(fcinfo, 0);
+
+	InitFunctionCallInfoData(*fcinfo, NULL, 0, InvalidOid, NULL, NULL);
+	return pg_current_snapshot(fcinfo);
+}
+
+/* Write the batch's own row: its delta, how far it got, what it did. */
+static void
+write_batch(BatchOutput *out, BucketState *b, bool delta_done,
+			LedgerBatchCounts *counts)
+{
+	BulkInsert *bulk = ledger_bulk_begin(batches_oid);
+	TupleTableSlot *slot = ledger_bulk_next_slot(bulk);
+	Datum	   *v = slot->tts_values;
+
+	memset(slot->tts_isnull, false, sizeof(bool) * BATCHES_NATTS);
+	v[BATCHES_BUCKET] = Int32GetDatum(b->bucket);
+	v[BATCHES_ID] = Int64GetDatum(out->batch_id);
+	v[BATCHES_PREV] = b->prev;
+	v[BATCHES_CUR] = b->cur;
+	v[BATCHES_CUR_XMAX] = DirectFunctionCall1(pg_snapshot_xmax, b->cur);
+	v[BATCHES_CURSOR_TXID] = b->cursor_txid;
+	v[BATCHES_CURSOR_ID] = Int64GetDatum(b->cursor_id);
+	slot->tts_isnull[BATCHES_CURSOR_TXID] = delta_done;
+	slot->tts_isnull[BATCHES_CURSOR_ID] = delta_done;
+	v[BATCHES_DECIDED_AT] = TimestampTzGetDatum(out->now);
+	v[BATCHES_APPLIED] = Int32GetDatum(counts->applied + counts->credits);
+	v[BATCHES_REJECTED] = Int32GetDatum(counts->rejected);
+	ledger_bulk_add_row(bulk, slot);
+	ledger_bulk_end(bulk);
+}
+
+/* The delta is done: the next starts from its snapshot. */
+static void
+end_delta(BucketState *b)
+{
+	free_datum(&b->prev);
+	b->prev = b->cur;
+	b->cur = (Datum) 0;
+	b->cursor_txid = (Datum) 0;
+	b->cursor_id = 0;
+}
+
 /*
- * Apply up to batch_size of the oldest queued entries of the index'th bucket
- * this worker serves, in seq order, in the current transaction, and count
- * what was done; expire the worker's holds whose time has come.  Must be
- * called inside SPI, with the transaction's snapshot active, after
- * ledger_apply_ready() said yes.
+ * Apply a batch of the index'th bucket this worker serves, in the current
+ * transaction: the events it left for later, then up to batch_size more of
+ * its delta (a new delta starts with this batch's snapshot when the last is
+ * done), in (txid, id) order; count what was done; expire the worker's holds
+ * whose time has come.  Must be called inside SPI, with the transaction's
+ * snapshot active, after ledger_apply_ready() said yes.
  */
 void
 ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
@@ -1178,36 +1527,43 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 	QueuedEvent *events;
 	BatchOutput out;
 	Waiting		waiting = {0};
+	bool		more;
 	int			nevents;
+	int			nwaiting;
 	int			e;
 
-	/* entries left queued are read again: they must not crowd out the rest */
-	batch_size += b->nleft;
-	events = fetch_batch(b, batch_size, &nevents);
-	counts->full = nevents == batch_size;
+	if (b->cur == (Datum) 0)
+		b->cur = copy_datum(current_snapshot(), -1, false);
+	nwaiting = b->ndeferred;
+	events = fetch_batch(b, batch_size, &nevents, &more);
+	counts->full = more;
 	/* after the read, so that no event is applied before it was enqueued */
 	out.now = GetCurrentTimestamp();
 	if (nevents == 0 && !(index == 0 && ledger_holds_any_due(out.now)))
 	{
-		b->nleft = 0;
+		/* an empty delta: nothing to say, the next starts where it ended */
+		end_delta(b);
 		return;
 	}
 
 	load_accounts(events, nevents, out.now);
 
-	out.events = ledger_bulk_begin(events_oid);
+	out.batch_id = nextval_internal(batch_seq_oid, false);
+	out.txid = FullTransactionIdGetDatum(GetTopFullTransactionId());
 	out.legs = ledger_bulk_begin(transactions_oid);
-	out.credits = ledger_bulk_begin(queue_oid);
+	out.credits = ledger_bulk_begin(event_log_oid);
 	out.breakpoints = ledger_bulk_begin(breakpoints_oid);
 	out.hold_ends = ledger_bulk_begin(hold_ends_oid);
 	out.transit = cluster_mode ? ledger_bulk_begin(transit_oid) : NULL;
-	out.done = palloc(sizeof(ItemPointerData) * Max(nevents, 1));
-	out.ndone = 0;
+	out.outcomes = ledger_bulk_begin(outcomes_oid);
+	out.deferred = ledger_bulk_begin(deferred_oid);
 
 	/* the worker's first bucket expires the holds of all of them */
 	if (index == 0)
 		counts->expired = expire_holds(&out);
 
+	/* those still waiting after this batch are listed again */
+	b->ndeferred = 0;
 	counts->read = nevents;
 	for (e = 0; e < nevents; e++)
 	{
@@ -1220,12 +1576,16 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 			if (apply_credit(&out, ev))
 				counts->credits++;
 			else
+			{
+				record_deferral(&out, b, ev);
 				counts->deferred++;
+			}
 			continue;
 		}
 		if (names_waiting_account(&waiting, ev) || awaits_credit(b, ev, out.now))
 		{
 			wait_accounts_of(&waiting, ev);
+			record_deferral(&out, b, ev);
 			counts->deferred++;
 			continue;
 		}
@@ -1260,16 +1620,20 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 			counts->applied++;
 	}
 
-	ledger_bulk_delete(queue_oid, out.done, out.ndone);
-	ledger_bulk_end(out.events);
 	ledger_bulk_end(out.legs);
 	ledger_bulk_end(out.credits);
 	ledger_bulk_end(out.breakpoints);
 	ledger_bulk_end(out.hold_ends);
 	if (out.transit)
 		ledger_bulk_end(out.transit);
+	ledger_bulk_end(out.outcomes);
+	ledger_bulk_end(out.deferred);
 	write_held(&out);
 	ledger_holds_end_batch();
 
-	b->nleft = counts->deferred;
+	/* a batch that read new events, or decided any, says so */
+	if (nevents > nwaiting || counts->deferred < nevents)
+		write_batch(&out, b, !more, counts);
+	if (!more)
+		end_delta(b);
 }

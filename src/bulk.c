@@ -175,18 +175,3 @@ ledger_bulk_end(BulkInsert *bulk)
 	table_close(bulk->rel, NoLock);
 	pfree(bulk);
 }
-
-/*
- * Delete rows by their tids.  Used on the queue, whose rows of a bucket only
- * that bucket's worker deletes: a row changed by anyone else is an error.
- */
-void
-ledger_bulk_delete(Oid relid, ItemPointerData *tids, int ntids)
-{
-	Relation	rel = table_open(relid, RowExclusiveLock);
-	int			i;
-
-	for (i = 0; i < ntids; i++)
-		simple_heap_delete(rel, &tids[i]);
-	table_close(rel, NoLock);
-}

@@ -4,10 +4,10 @@
  *	  The SQL functions that enqueue money movements.
  *
  * Enqueueing checks everything that depends only on the arguments, on which
- * accounts exist and on who calls, then appends one row to ledger.queue and
- * returns the new event's id.  It takes no lock beyond the row it inserts:
- * whether the money is there is decided later, in order, by the worker of
- * the paying account's bucket.
+ * accounts exist and on who calls, then appends one row to ledger.event_log,
+ * the event's permanent record, and returns the new event's id.  It takes
+ * no lock beyond the row it inserts: whether the money is there is decided
+ * later, in order, by the worker of the paying account's bucket.
  *
  * The functions run as their caller and switch to the extension's owner
  * themselves (caller.c): a debit from an account with an owner role needs
@@ -88,7 +88,10 @@ ledger_movement_request(Movement *m, KeyedRequest *req)
 		ledger_request_part(req, LEDGER_REQUEST_METADATA, NULL, 0);
 }
 
-/* Write a movement's row into its bucket's queue.  Called inside SPI. */
+/*
+ * Write a movement's row into the log, for its bucket's worker, under this
+ * transaction's id.  Called inside SPI.
+ */
 void
 ledger_insert_queue_row(Movement *m, int bucket, int64 event_id)
 {
@@ -101,11 +104,12 @@ ledger_insert_queue_row(Movement *m, int bucket, int64 event_id)
 	bool		listed = m->kind == LEDGER_DISBURSE;
 
 	ledger_prepare_plan(&plan,
-						"INSERT INTO ledger.queue (bucket, seq, id, kind, account_id,"
+						"INSERT INTO ledger.event_log (bucket, id, kind, account_id,"
 						" to_account, amount, to_accounts, amounts, enqueued_at,"
-						" hold_id, expires_at, metadata, waits_from)"
-						" VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8,"
-						"         statement_timestamp(), $9, $10, $11, $12)",
+						" hold_id, expires_at, metadata, waits_from, txid)"
+						" VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
+						"         statement_timestamp(), $9, $10, $11, $12,"
+						"         pg_current_xact_id())",
 						12, argtypes);
 
 	memset(nulls, ' ', sizeof(nulls));
@@ -204,6 +208,7 @@ enqueue_movement(FunctionCallInfo fcinfo, Movement *m)
 	ledger_require_schema();
 	ledger_call_begin(fcinfo, &call);
 	SPI_connect();
+	ledger_require_installation();
 
 	ids[0] = m->account_id;
 	memcpy(ids + 1, m->payees, sizeof(int64) * m->npayees);
@@ -425,17 +430,13 @@ find_hold(int64 hold_id, Movement *m)
 	Datum		value;
 
 	ledger_prepare_plan(&plan,
-						"SELECT h.account_id, h.to_account, p.bucket, p.owner, r.bucket, h.ended"
-						"  FROM (SELECT q.account_id, q.to_account, false AS ended"
-						"          FROM ledger.queue q WHERE q.id = $1 AND q.kind = 'h'"
-						"        UNION ALL"
-						"        SELECT e.account_id, e.to_account,"
-						"               e.status = 'r' OR EXISTS (SELECT FROM ledger.hold_ends x"
-						"                                          WHERE x.hold_id = e.id)"
-						"          FROM ledger.events e WHERE e.id = $1 AND e.kind = 'h'"
-						"        LIMIT 1) h"
-						"  JOIN ledger.accounts p ON p.id = h.account_id"
-						"  LEFT JOIN ledger.accounts r ON r.id = h.to_account",
+						"SELECT e.account_id, e.to_account, p.bucket, p.owner, r.bucket,"
+						"       EXISTS (SELECT FROM ledger.hold_ends x WHERE x.hold_id = e.id)"
+						"       OR ledger.row_state(e) = 'r'"
+						"  FROM ledger.event_log e"
+						"  JOIN ledger.accounts p ON p.id = e.account_id"
+						"  LEFT JOIN ledger.accounts r ON r.id = e.to_account"
+						" WHERE e.id = $1 AND e.kind = 'h'",
 						1, &argtype);
 	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up hold " INT64_FORMAT, hold_id);
@@ -475,6 +476,7 @@ enqueue_hold_end(FunctionCallInfo fcinfo, Movement *m)
 	ledger_require_schema();
 	ledger_call_begin(fcinfo, &call);
 	SPI_connect();
+	ledger_require_installation();
 	hold = find_hold(PG_GETARG_INT64(0), m);
 	ledger_check_debit(&call, m->account_id, hold.owner);
 	guarded = hold.ended || ledger_guard_count(-m->hold_id) > 0;

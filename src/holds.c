@@ -6,7 +6,7 @@
  * A worker loads the open holds of its buckets when it starts and keeps
  * them in memory from then on: posts and voids find their hold here, and
  * the holds past their timeout are found here to expire, without reading
- * ledger.events.  A hold that ends in a batch stays until the batch's end,
+ * the log.  A hold that ends in a batch stays until the batch's end,
  * so that a second post or void in the same batch names what happened to
  * it; later ones learn it from ledger.hold_ends.
  *
@@ -108,12 +108,12 @@ ledger_holds_load(int worker)
 	args[0] = Int32GetDatum(ledger_buckets);
 	args[1] = Int32GetDatum(worker);
 	if (SPI_execute_with_args("SELECT e.id, e.account_id, e.to_account, e.amount, e.expires_at"
-							  "  FROM ledger.events e"
+							  "  FROM ledger.event_log e"
 							  "  JOIN ledger.accounts a ON a.id = e.account_id"
-							  " WHERE e.kind = 'h' AND e.status = 'a'"
-							  "   AND a.bucket % $1 = $2"
+							  " WHERE e.kind = 'h' AND a.bucket % $1 = $2"
 							  "   AND NOT EXISTS (SELECT FROM ledger.hold_ends h"
-							  "                    WHERE h.hold_id = e.id)",
+							  "                    WHERE h.hold_id = e.id)"
+							  "   AND ledger.row_state(e) = 'a'",
 							  2, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not load the open holds of worker %d", worker);
 	for (i = 0; i < SPI_processed; i++)
@@ -209,7 +209,7 @@ ledger_hold_gone_reason(int64 hold_id)
 	bool		isnull;
 	Datum		value;
 
-	if (SPI_execute_with_args("SELECT e.status, h.status FROM ledger.events e"
+	if (SPI_execute_with_args("SELECT ledger.row_state(e), h.status FROM ledger.event_log e"
 							  "  LEFT JOIN ledger.hold_ends h ON h.hold_id = e.id"
 							  " WHERE e.id = $1 AND e.kind = 'h'",
 							  1, &argtype, &arg, NULL, true, 1) != SPI_OK_SELECT)

@@ -15,6 +15,7 @@
 #include <limits.h>
 
 #include "catalog/namespace.h"
+#include "access/xlog.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -218,7 +219,10 @@ ledger_shmem_startup(void)
 		ConditionVariableInit(&ledger_shared->batch_applied);
 		pg_atomic_init_u64(&ledger_shared->limits_generation, 0);
 		for (i = 0; i < LEDGER_MAX_BUCKETS; i++)
+		{
 			SpinLockInit(&ledger_shared->workers[i].mutex);
+			pg_atomic_init_u64(&ledger_shared->workers[i].wakeups, 0);
+		}
 		ledger_guard_init();
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -313,10 +317,83 @@ ledger_schema(void)
 
 	if (!OidIsValid(nsp))
 		return LEDGER_SCHEMA_NONE;
-	/* 1.5's */
-	if (OidIsValid(get_relname_relid("account_holds", nsp)))
+	/* 1.6's */
+	if (OidIsValid(get_relname_relid("batches", nsp)))
 		return LEDGER_SCHEMA_CURRENT;
 	return LEDGER_SCHEMA_OLDER;
+}
+
+/*
+ * ledger.system_identifier() - this cluster's system identifier, which
+ * ledger.installation compares with the one its log's transaction ids are
+ * of.
+ */
+PG_FUNCTION_INFO_V1(ledger_system_identifier);
+Datum
+ledger_system_identifier(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT64((int64) GetSystemIdentifier());
+}
+
+/*
+ * Are the log's transaction ids of another history than this cluster's?
+ * They are when the row of ledger.installation in force (the newest take-
+ * over, see ledger--1.5--1.6.sql) names another cluster: a dump restored
+ * there.  They are too when the newest batch of a bucket since that take-
+ * over saw transaction ids this cluster has not yet given out: a dump of a
+ * later state of this same cluster, restored into a copy of it from before
+ * (a physical backup, a standby promoted).  Sets *base_id, the event up to
+ * which they are of an earlier history.  Called inside SPI.
+ */
+bool
+ledger_installation(int64 *base_id)
+{
+	bool		isnull;
+
+	if (SPI_execute("SELECT i.system_id <> ledger.system_identifier()"
+					"       OR EXISTS (SELECT FROM pg_catalog.generate_series(0, 63) k(bucket),"
+					"                  LATERAL (SELECT b.id, b.cur_xmax FROM ledger.batches b"
+					"                            WHERE b.bucket = k.bucket"
+					"                            ORDER BY b.id DESC LIMIT 1) l"
+					"                   WHERE l.id > i.base_batch"
+					"                     AND l.cur_xmax > pg_catalog.pg_snapshot_xmax("
+					"                                        pg_catalog.pg_current_snapshot())),"
+					"       i.base_id"
+					"  FROM ledger.installation i"
+					" ORDER BY i.base_batch DESC, i.base_id DESC, i.since DESC,"
+					"          i.system_id = ledger.system_identifier()"
+					" LIMIT 1", false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "ledger.installation is empty");
+	*base_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 2, &isnull));
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * Refuse to enqueue into a ledger restored from another history that the
+ * workers have not taken over yet: its events would be logged under
+ * transaction ids the workers cannot tell from the restored ones.  Asked
+ * once per backend and installation.  Called inside SPI, as the extension's
+ * owner.
+ */
+void
+ledger_require_installation(void)
+{
+	static Oid	checked = InvalidOid;
+	Oid			extension = ledger_extension_oid();
+	int64		base_id;
+
+	if (extension == checked)
+		return;
+	if (ledger_installation(&base_id))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the ledger was restored from another cluster, and its workers have not taken it over yet"),
+				 errdetail("Its events are logged under the other cluster's transaction ids until they have."),
+				 errhint("Retry in a moment; the workers do it as they start.")));
+	checked = extension;
 }
 
 /* Refuse to enqueue into a schema the library does not serve. */

@@ -16,7 +16,7 @@
  * events of a transaction as if applied in id order, the enqueueing backend
  * remembers, for the rest of its transaction, the first of its events that
  * credits each account from another bucket.  An event debiting such an
- * account is queued with that id (ledger.queue.waits_from), and its worker
+ * account is logged with that id (ledger.event_log.waits_from), and its worker
  * holds it back while it would be refused for want of money and credits to
  * its payer with ids from there to its own are still on their way
  * (apply.c).  Nothing is remembered, and nothing costs, in a transaction

@@ -76,10 +76,11 @@ insert_transfers(Datum **columns, bool *metadata_nulls, bool with_metadata, int 
 	if (with_metadata)
 	{
 		ledger_prepare_plan(&metadata_plan,
-							"INSERT INTO ledger.queue (bucket, seq, id, kind, account_id,"
-							" to_account, amount, enqueued_at, metadata)"
-							" SELECT u.bucket, u.id, u.id, 't', u.account_id, u.to_account,"
-							"        u.amount, statement_timestamp(), u.metadata"
+							"INSERT INTO ledger.event_log (bucket, id, kind, account_id,"
+							" to_account, amount, enqueued_at, metadata, txid)"
+							" SELECT u.bucket, u.id, 't', u.account_id, u.to_account,"
+							"        u.amount, statement_timestamp(), u.metadata,"
+							"        pg_current_xact_id()"
 							"   FROM unnest($1, $2, $3, $4, $5, $6)"
 							"        AS u(bucket, id, account_id, to_account, amount, metadata)",
 							6, argtypes);
@@ -89,10 +90,10 @@ insert_transfers(Datum **columns, bool *metadata_nulls, bool with_metadata, int 
 	}
 	else
 		ledger_prepare_plan(&plan,
-							"INSERT INTO ledger.queue (bucket, seq, id, kind, account_id,"
-							" to_account, amount, enqueued_at)"
-							" SELECT u.bucket, u.id, u.id, 't', u.account_id, u.to_account,"
-							"        u.amount, statement_timestamp()"
+							"INSERT INTO ledger.event_log (bucket, id, kind, account_id,"
+							" to_account, amount, enqueued_at, txid)"
+							" SELECT u.bucket, u.id, 't', u.account_id, u.to_account,"
+							"        u.amount, statement_timestamp(), pg_current_xact_id()"
 							"   FROM unnest($1, $2, $3, $4, $5)"
 							"        AS u(bucket, id, account_id, to_account, amount)",
 							5, argtypes);
@@ -195,6 +196,7 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 	ledger_require_schema();
 	ledger_call_begin(fcinfo, &call);
 	SPI_connect();
+	ledger_require_installation();
 
 	/* every account involved, its bucket, currency and owner */
 	involved = palloc(sizeof(int64) * 2 * n);

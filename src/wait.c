@@ -130,6 +130,7 @@ ledger_wake_worker(int worker)
 	if (ledger_shared == NULL || worker >= LEDGER_MAX_BUCKETS)
 		return;
 
+	pg_atomic_fetch_add_u64(&ledger_shared->workers[worker].wakeups, 1);
 	SpinLockAcquire(&ledger_shared->workers[worker].mutex);
 	latch = ledger_shared->workers[worker].latch;
 	SpinLockRelease(&ledger_shared->workers[worker].mutex);
@@ -185,31 +186,29 @@ event_status(int64 event_id, bool *own)
 	Datum		value;
 	bool		isnull;
 
+	ledger_require_schema();
 	ledger_prepare_plan(&plan,
-						"SELECT (SELECT q.xmin FROM ledger.queue q"
-						"         WHERE q.id = $1 LIMIT 1),"
-						"       (SELECT e.status FROM ledger.events e"
-						"         WHERE e.id = $1)",
+						"SELECT e.xmin, ledger.event_state(e) FROM ledger.event_log e"
+						" WHERE e.id = $1 AND e.credit_of IS NULL",
 						1, &argtype);
-	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
+	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up event " INT64_FORMAT, event_id);
+	*own = false;
+	if (SPI_processed != 1)
+		return NULL;
 	row = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 
-	/* queued entries, its own or its credits, keep an event pending */
-	value = SPI_getbinval(row, desc, 1, &isnull);
-	if (!isnull)
+	switch (DatumGetChar(SPI_getbinval(row, desc, 2, &isnull)))
 	{
-		*own = TransactionIdIsCurrentTransactionId(DatumGetTransactionId(value));
-		return "pending";
+		case LEDGER_APPLIED:
+			return "applied";
+		case LEDGER_REJECTED:
+			return "rejected";
 	}
-	*own = false;
-
-	value = SPI_getbinval(row, desc, 2, &isnull);
-	if (isnull)
-		return NULL;
-	return DatumGetChar(value) == LEDGER_APPLIED ? "applied" : "rejected";
+	value = SPI_getbinval(row, desc, 1, &isnull);
+	*own = TransactionIdIsCurrentTransactionId(DatumGetTransactionId(value));
+	return "pending";
 }
 
 /*

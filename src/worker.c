@@ -190,6 +190,7 @@ void
 ledger_worker_main(Datum main_arg)
 {
 	char		name[BGW_MAXLEN];
+	bool		delta_open = false;
 
 	my_worker = DatumGetInt32(main_arg);
 
@@ -214,11 +215,20 @@ ledger_worker_main(Datum main_arg)
 	 * above would make the planner think otherwise.
 	 */
 	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * Every name the worker's statements use is qualified, and pg_catalog
+	 * alone is searched for the rest (operators, functions), whatever the
+	 * database's settings say.
+	 */
+	SetConfigOption("search_path", "pg_catalog", PGC_SUSET, PGC_S_OVERRIDE);
 	snprintf(name, sizeof(name), "ledger bucket worker %d", my_worker);
 	pgstat_report_appname(name);
 
 	for (;;)
 	{
+		uint64		wakeups;
+
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
@@ -226,7 +236,31 @@ ledger_worker_main(Datum main_arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
+		/*
+		 * A worker sleeps only after a pass that read with a snapshot newer
+		 * than every wake-up it got: one whose deltas started in it.  A
+		 * delta read over several batches keeps the snapshot of its first,
+		 * so the pass after its last one looks again, with a fresh one.
+		 * Wake-ups are counted before the pass's snapshot is taken: one
+		 * counted after it may be for events the pass did not see.
+		 */
+		wakeups = pg_atomic_read_u64(&ledger_shared->workers[my_worker].wakeups);
+		pg_memory_barrier();
 		if (apply_pass())
+		{
+			elog(LOG, "DBG pass more");
+			delta_open = true;
+			continue;
+		}
+		elog(LOG, "DBG pass done, delta_open %d wakeups %lu now %lu", delta_open, (unsigned long) wakeups, (unsigned long) pg_atomic_read_u64(&ledger_shared->workers[my_worker].wakeups));
+		if (delta_open)
+		{
+			delta_open = false;
+			continue;
+		}
+		pg_memory_barrier();
+		if (pg_atomic_read_u64(&ledger_shared->workers[my_worker].wakeups) != wakeups ||
+			ConfigReloadPending)
 			continue;
 
 		(void) WaitLatch(MyLatch,
@@ -234,5 +268,6 @@ ledger_worker_main(Datum main_arg)
 						 ledger_poll_interval,
 						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
+		elog(LOG, "DBG woke");
 	}
 }

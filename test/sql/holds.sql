@@ -88,7 +88,7 @@ SELECT ledger_post(:h4, 4) AS p7 \gset
 SELECT ledger_void(:h4) AS v7 \gset
 SELECT ledger_hold_status(:h4);
 SELECT ledger_resume(1);
-SELECT ledger_wait(:v7, 30000);
+SELECT ledger_wait(:v7, 30000), ledger_wait(:p7, 30000);
 SELECT (ledger_event(:p7)).status AS post, (ledger_event(:v7)).reason AS void,
        ledger_hold_status(:h4);
 

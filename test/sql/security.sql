@@ -31,13 +31,13 @@ BEGIN;
 TRUNCATE ledger.transactions;
 ROLLBACK;
 BEGIN;
-UPDATE ledger.events SET status = 'r' WHERE account_id = 6001;
+UPDATE ledger.event_log SET status = 'r' WHERE account_id = 6001;
 ROLLBACK;
 BEGIN;
-DELETE FROM ledger.events WHERE account_id = 6001;
+DELETE FROM ledger.event_log WHERE account_id = 6001;
 ROLLBACK;
 BEGIN;
-TRUNCATE ledger.events;
+TRUNCATE ledger.event_log;
 ROLLBACK;
 BEGIN;
 UPDATE ledger.breakpoints SET current_balance = 0 WHERE account_id = 6001;
@@ -49,7 +49,7 @@ BEGIN;
 TRUNCATE ledger.breakpoints;
 ROLLBACK;
 BEGIN;
-TRUNCATE ledger.transactions, ledger.events, ledger.breakpoints;
+TRUNCATE ledger.transactions, ledger.event_log, ledger.breakpoints;
 ROLLBACK;
 SELECT ledger_balance(6001);
 \set VERBOSITY terse
@@ -105,7 +105,7 @@ INSERT INTO calls (sql) VALUES
 ('SELECT set_config(''session_replication_role'', ''replica'', false)'),
 ('SELECT (ledger_hold(6001, 6002, 4) > 0)::text'),
 ('SELECT ledger_available(6001)::text'),
-('SELECT ledger_balance(6001, now())::text'),
+('SELECT (ledger_balance(6001, now()) IS NOT NULL)::text'),
 ('SELECT count(*)::text FROM ledger_history(6001, ''-infinity'', ''infinity'')'),
 ('SELECT count(*)::text FROM ledger_find_events(''{"k": 1}'')'),
 ('SELECT ledger_set_limits(6001, 0)::text'),
@@ -116,6 +116,7 @@ INSERT INTO calls (sql) VALUES
 ('SELECT ledger_resume(0)::text'),
 ('SELECT ledger_stats_reset()::text'),
 ('SELECT count(*)::text FROM ledger_stats'),
+('SELECT (sum(pending) >= 0 AND count(lag) >= 0)::text FROM ledger_stats'),
 ('SELECT count(*)::text FROM ledger_health()'),
 ('SELECT ledger_supply_bound()::text'),
 ('SELECT count(*)::text FROM ledger_node_totals()'),

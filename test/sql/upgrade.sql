@@ -1,14 +1,14 @@
--- The upgrade path 1.0 -> 1.5 on a populated ledger, with the workers
--- running and events pending across it.  The 1.5 library serves the 1.5
--- schema only: it refuses to enqueue into an earlier one, and its workers
--- wait for the update.  So the ledger of each earlier version is filled
+-- The upgrade path 1.0 -> 1.6 on a populated ledger, with the workers
+-- running and events pending across it.  The library serves its own
+-- version's schema only: it refuses to enqueue into an earlier one, and its
+-- workers wait for the update.  So the ledger of each earlier version is filled
 -- here as its own library would have left it: rows inserted by the
 -- superuser, legs with their running balances, a queued event, a credit in
 -- flight between buckets, an idempotency key, holds open and ended.
 CREATE EXTENSION ledger VERSION '1.0';
 SELECT extversion FROM pg_extension WHERE extname = 'ledger';
 
--- the 1.5 library refuses to enqueue into a 1.0 schema
+-- the library refuses to enqueue into a 1.0 schema
 SELECT ledger_open_account(8001);
 SELECT ledger_transfer(8001, 8002, 1);
 
@@ -51,7 +51,6 @@ BEGIN
 END
 $$;
 SELECT bucket, state, pending FROM ledger_stats ORDER BY bucket;
-SELECT ledger_event_status(3), ledger_event_status(4);
 
 ALTER EXTENSION ledger UPDATE TO '1.2';
 -- accounts of earlier versions are in currency 0, named after the setting
@@ -78,16 +77,48 @@ SELECT ledger_hold_status(6), ledger_hold_status(7), ledger_available(8003);
 SELECT event_id, status FROM ledger_find_events('{"pending": "across 1.5"}');
 SELECT * FROM ledger_verify();
 
--- 1.4 -> 1.5: the queued events apply, the credit in flight lands
+-- 1.4 -> 1.5: the open hold's total is carried into ledger.account_holds,
+-- the key of before 1.5 belongs to no role
 ALTER EXTENSION ledger UPDATE TO '1.5';
+SELECT account_id, held FROM ledger.account_holds ORDER BY account_id;
+SELECT role, key, event_id FROM ledger.idempotency;
+SELECT bucket, seq, id, kind FROM ledger.queue ORDER BY seq;
+
+-- a 1.5 ledger with a debit waiting for a credit of its transaction: 8005
+-- (bucket 1) got 500 (event 10) and, in one transaction, sent 300 to 8006
+-- (bucket 0, event 11), whose credit is still queued, and 8006 withdraws
+-- 250 (event 12, queued before the credit, waiting from event 11)
+INSERT INTO ledger.accounts (id, allow_negative, bucket, currency) VALUES
+	(8005, false, 1, 0), (8006, false, 0, 0);
+INSERT INTO ledger.events (id, kind, account_id, to_account, amount, status,
+						   enqueued_at, applied_at) VALUES
+	(10, 'd', 8005, NULL, 500, 'a', now(), now()),
+	(11, 't', 8005, 8006, 300, 'a', now(), now());
+INSERT INTO ledger.transactions (id, account_id, event_id, amount, balance_after, created_at) VALUES
+	(6, -2, 10, -500, -1500, now()), (7, 8005, 10, 500, 500, now()),
+	(8, 8005, 11, -300, 200, now());
+INSERT INTO ledger.queue (bucket, seq, id, kind, account_id, to_account, amount,
+						  to_accounts, amounts, enqueued_at, waits_from) VALUES
+	(0, 12, 12, 'w', 8006, NULL, 250, NULL, NULL, now(), 11),
+	(0, 13, 11, 'c', 8005, NULL, 300, '{8006}', '{300}', now(), NULL);
+SELECT setval('ledger.event_id_seq', 13), setval('ledger.transaction_id_seq', 8);
+SELECT * FROM ledger_verify();
+
+-- 1.5 -> 1.6: the queued events move into the log (a credit keeps its
+-- place, its queue seq becoming its id), and apply; the credit in flight
+-- lands
+ALTER EXTENSION ledger UPDATE TO '1.6';
 SELECT extversion FROM pg_extension WHERE extname = 'ledger';
+SELECT id, kind, bucket, credit_of, txid IS NOT NULL AS logged
+  FROM ledger.event_log WHERE txid IS NOT NULL ORDER BY id;
 SELECT ledger_wait(3, 30000), ledger_wait(4, 30000), ledger_wait(9, 30000);
 SELECT a, ledger_balance(a), ledger_available(a) FROM generate_series(8001, 8004) a;
+-- the withdrawal waited for the credit of event 11, as 1.5 would have
+SELECT ledger_wait(11, 30000), ledger_wait(12, 30000);
+SELECT ledger_balance(8005), ledger_balance(8006);
 SELECT bucket, pending FROM ledger_stats ORDER BY bucket;
 
--- the open hold's total was carried into ledger.account_holds; the worker
--- knows the hold and posts it
-SELECT account_id, held FROM ledger.account_holds ORDER BY account_id;
+-- the worker knows the hold and posts it
 SELECT ledger_post(6) AS p \gset
 SELECT ledger_wait(:p, 30000);
 SELECT ledger_hold_status(6), ledger_balance(8003), ledger_available(8003),

@@ -7,7 +7,7 @@
 # payee's bucket (its worker was paused), and events still pending: they
 # were enqueued after the server was restarted with ledger.database pointing
 # elsewhere, so nothing applies them.  The database is dumped with
-# pg_dump -Fc and restored on a second server, twice:
+# pg_dump -Fc and restored three times:
 #  - into a database its workers do not serve: every table of the ledger,
 #    the queue included, and both sequences are exactly the source's;
 #    balances are equal and ledger_verify() is clean;
@@ -16,7 +16,11 @@
 #    pending events and the queued credit get applied, ledger_verify() stays
 #    clean, and the ledger carries on: a new transfer is applied, an old
 #    idempotency key still returns its old event and enqueues nothing, and
-#    new ids continue above the old ones.
+#    new ids continue above the old ones;
+#  - in one transaction, into a physical copy of the source taken before
+#    its ledger existed (the same cluster, but with fewer transaction ids
+#    given out than the dump's batches saw): the workers take the ledger
+#    over, the pending events are applied, and so is a new transfer.
 use strict;
 use warnings;
 
@@ -39,10 +43,10 @@ my @tables = (
 
 sub new_node
 {
-	my ($name, $database) = @_;
+	my ($name, $database, %params) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 
-	$node->init;
+	$node->init(%params);
 	$node->append_conf(
 		'postgresql.conf', qq{
 shared_preload_libraries = 'ledger'
@@ -137,7 +141,13 @@ sub balance_string
 
 ### The source ledger.
 
-my $source = new_node('source', 'shop');
+my $source = new_node('source', 'shop', allows_streaming => 1);
+# a physical copy of the cluster from before the ledger, for the last part
+$source->backup('early');
+# transaction ids the copy will not have given out when the dump is restored
+$source->safe_psql('postgres',
+	'DO $$ BEGIN FOR i IN 1 .. 300 LOOP PERFORM pg_current_xact_id(); COMMIT; END LOOP; END $$'
+);
 $source->safe_psql('postgres', 'CREATE DATABASE shop');
 $source->safe_psql('shop', 'CREATE EXTENSION ledger');
 
@@ -366,4 +376,49 @@ is(balances($target, 'restored'),
 check_verify($target, 'restored', 0, 'restored, at the end');
 
 $target->stop;
+
+### Restored into an earlier physical copy of the source cluster itself.
+# The same system identifier, but its transaction ids lag behind the ones
+# the dump's batches saw: taken at their word, the pending events (and any
+# event enqueued there) would stay out of every batch until the copy caught
+# up.  The workers take the ledger over as one from another cluster.
+
+my $copy = PostgreSQL::Test::Cluster->new('copy');
+$copy->init_from_backup($source, 'early');
+$copy->append_conf('postgresql.conf', "ledger.database = 'later'");
+$copy->start;
+$copy->safe_psql('postgres', 'CREATE DATABASE later');
+ok( $copy->poll_query_until(
+		'postgres',
+		"SELECT count(*) FROM pg_stat_activity"
+		  . " WHERE backend_type = 'ledger bucket worker' AND datname = 'later'",
+		'2'),
+	'copy of before: both bucket workers are connected to the new database');
+my $copy_xmax = $copy->safe_psql('later',
+	'SELECT pg_snapshot_xmax(pg_current_snapshot())');
+$copy->command_ok(
+	[ 'pg_restore', '--single-transaction', '-d', 'later', $dumpfile ],
+	'copy of before: pg_restore into the database the workers serve');
+cmp_ok($copy->safe_psql('later', 'SELECT max(cur_xmax)::text::bigint FROM ledger.batches'),
+	'>', $copy_xmax,
+	'copy of before: the restored batches saw transaction ids the copy had not given out');
+wait_for_queue($copy, 'later', '',
+	'copy of before: the pending events and the credit are applied');
+is( $copy->safe_psql(
+		'later',
+		"SELECT string_agg(ledger_event_status(id), ' ') FROM unnest('{$held,"
+		  . join(',', @pending)
+		  . "}'::bigint[]) id"),
+	'applied applied applied applied applied applied',
+	'copy of before: every pending event was applied');
+ok( $copy->log_contains('taking over a ledger restored from another cluster'),
+	'copy of before: the workers took the ledger over');
+$new = $copy->safe_psql('later', 'SELECT ledger_transfer(1, 2, 5)');
+is($copy->safe_psql('later', "SELECT ledger_wait($new, 60000)"),
+	'applied', 'copy of before: a new transfer is applied');
+is(balances($copy, 'later'), balance_string(%expected),
+	'copy of before: balances are the source\'s plus the pending events and the transfers');
+check_verify($copy, 'later', 0, 'copy of before');
+
+$copy->stop;
 done_testing();

@@ -6,7 +6,7 @@
 # in flight, until the payee's balance leaves room for it.  This test makes
 # that history by hand, as superuser: account 2 (bucket 0) gets a deposit of
 # 2^63 - 1 - 100 from its bucket's external account, written straight into
-# ledger.events and ledger.transactions with running balances that agree
+# ledger.event_log and ledger.transactions with running balances that agree
 # (ledger_verify() finds nothing), and the server is restarted so that the
 # workers load the accounts afresh.  Then 500 one-unit transfers to account 2
 # from bucket 1, with ledger.batch_size = 10: 100 are posted, and 400 credits,
@@ -106,10 +106,10 @@ is( sql('SELECT ledger_balance(-1) = 0 AND NOT EXISTS (SELECT FROM ledger.queue)
 # cached: the restart makes them draw new ones.
 sql(qq{
 BEGIN;
-ALTER TABLE ledger.events DISABLE TRIGGER USER;
+ALTER TABLE ledger.event_log DISABLE TRIGGER USER;
 ALTER TABLE ledger.transactions DISABLE TRIGGER USER;
 WITH e AS (
-	INSERT INTO ledger.events (id, kind, account_id, amount, status,
+	INSERT INTO ledger.event_log (id, kind, account_id, amount, status,
 							   enqueued_at, applied_at)
 	VALUES (nextval('ledger.event_id_seq'), 'd', $x, $edge, 'a', now(), now())
 	RETURNING id
@@ -118,7 +118,7 @@ INSERT INTO ledger.transactions (id, account_id, event_id, amount, balance_after
 SELECT nextval('ledger.transaction_id_seq'), l.account, e.id, l.amount, l.amount, now()
   FROM e, (VALUES ($x, ${edge}::bigint), (-1, -${edge}::bigint)) l(account, amount);
 ALTER TABLE ledger.transactions ENABLE TRIGGER USER;
-ALTER TABLE ledger.events ENABLE TRIGGER USER;
+ALTER TABLE ledger.event_log ENABLE TRIGGER USER;
 COMMIT;
 });
 is(sql("SELECT ledger_balance($x)"), $edge, 'account 2 is near the edge');
