@@ -281,26 +281,30 @@ load_queue() {
 	sql "SELECT ledger_wake_buckets(array(SELECT generate_series(0, $BUCKETS - 1)))" >/dev/null
 }
 
-# 3. Apply: pre-load pending events straight into the queue in one
+# 3. Apply: pre-load pending events straight into the log in one
 # transaction (the workers see them all at its commit), then time the drain:
-# from the start of the first batch that applied one of them (the smallest
-# applied_at) until the queue was seen empty.  The baseline COPYs the very
+# from the start of the first batch after the load (the first to apply any
+# of them) until the queue was seen empty.  The baseline COPYs the very
 # legs the drain wrote into bench.legs (ledger.transactions' columns and
 # primary key), emptied first.  Quick mode runs ledger_verify() after each
 # drain; full mode does not, as it reads the whole ledger (tens of millions
 # of legs by then).
 workload_apply() {
-	local rep mix n out start_end seconds events legs rejected copy_ms
+	local rep mix n out start_end seconds events legs rejected copy_ms batch0
 	for rep in $(seq 1 "$REPS"); do
 		for mix in $MIXES; do
 			n=$APPLY_EVENTS
 			[ "$mix" = disburse ] && n=$DISBURSE_EVENTS
+			batch0=$(sql "SELECT COALESCE(max(b.id), 0) FROM ledger.batches b")
 			load_queue "$mix" "$n"
 			out=$(drain "$LASTS")
-			seconds=$(sql "SELECT extract(epoch FROM '$out'::timestamptz - min(e.applied_at))
-							 FROM ledger.events e WHERE e.id BETWEEN $FIRST AND $LAST")
-			IFS='|' read -r events rejected <<<"$(sql "SELECT count(*), count(*) FILTER (WHERE e.status = 'r')
-				FROM ledger.events e WHERE e.id BETWEEN $FIRST AND $LAST")"
+			# the first batch after the load is the first to apply its events
+			seconds=$(sql "SELECT extract(epoch FROM '$out'::timestamptz - min(b.decided_at))
+							 FROM ledger.batches b WHERE b.id > $batch0")
+			IFS='|' read -r events rejected <<<"$(sql "SELECT count(*),
+				(SELECT count(*) FROM ledger.outcomes o
+				  WHERE o.event_id BETWEEN $FIRST AND $LAST AND o.status = 'r')
+				FROM ledger.event_log e WHERE e.id BETWEEN $FIRST AND $LAST AND e.credit_of IS NULL")"
 			rm -f "$WORK/legs.copy"
 			legs=$(sql "COPY (SELECT * FROM ledger.transactions t
 							   WHERE t.event_id BETWEEN $FIRST AND $LAST) TO '$WORK/legs.copy'" >/dev/null

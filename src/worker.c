@@ -248,11 +248,9 @@ ledger_worker_main(Datum main_arg)
 		pg_memory_barrier();
 		if (apply_pass())
 		{
-			elog(LOG, "DBG pass more");
 			delta_open = true;
 			continue;
 		}
-		elog(LOG, "DBG pass done, delta_open %d wakeups %lu now %lu", delta_open, (unsigned long) wakeups, (unsigned long) pg_atomic_read_u64(&ledger_shared->workers[my_worker].wakeups));
 		if (delta_open)
 		{
 			delta_open = false;
@@ -268,6 +266,5 @@ ledger_worker_main(Datum main_arg)
 						 ledger_poll_interval,
 						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
-		elog(LOG, "DBG woke");
 	}
 }
