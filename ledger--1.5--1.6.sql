@@ -286,23 +286,22 @@ BEGIN
 END
 $$;
 
--- When an event was decided: by an outcome, or by the batch that read it.
-CREATE FUNCTION ledger.decided_at(e ledger.event_log)
-RETURNS timestamptz
-LANGUAGE sql STABLE AS
-$$
-	SELECT COALESCE(e.applied_at,
-					(SELECT o.decided_at FROM ledger.outcomes o WHERE o.event_id = e.id),
-					(SELECT b.decided_at FROM ledger.batches b, ledger.deciding_batches(e.id) r
-					  WHERE b.bucket = e.bucket AND b.cur_xmax > e.txid
-						AND b.id > r.after AND b.id <= r.upto
-						AND ledger.decided_by(b.prev, b.cur, b.cursor_txid, b.cursor_id, e.txid, e.id)
-					  ORDER BY b.cur_xmax, b.id LIMIT 1))
-$$;
+/*
+ * The batches' cursors, by bucket: the first batch of an event's delta
+ * whose cursor reached it is the one that decided it (ledger.events).
+ */
+CREATE INDEX batches_cursor_idx ON ledger.batches (bucket, cursor_txid, cursor_id)
+	WHERE cursor_txid IS NOT NULL;
 
 /*
  * The decided events, as 1.5's table of them: status, reason and the time
- * of the batch that decided each.  A post shows the amount it posted.
+ * of the batch that decided each.  A post shows the amount it posted.  That
+ * batch is the first of the event's delta whose cursor reached it, found
+ * by the cursors' index, or else the first whose snapshot saw it (the last
+ * of its delta, which has no cursor): the second search walks the batches
+ * of the delta, but only for the events of its last batch.  Each row costs
+ * index probes: read applied_at for a few events, or a range of them, not
+ * for the whole history at once.
  */
 CREATE VIEW ledger.events AS
 	SELECT s.id, s.kind, s.account_id, s.to_account,
@@ -314,6 +313,13 @@ CREATE VIEW ledger.events AS
 		   s.enqueued_at,
 		   COALESCE(s.applied_at, s.outcome_at,
 					(SELECT b.decided_at FROM ledger.batches b, ledger.deciding_batches(s.id) r
+					  WHERE b.bucket = s.bucket AND b.cursor_txid IS NOT NULL
+						AND (b.cursor_txid, b.cursor_id) >= (s.txid, s.id)
+						AND b.id > r.after AND b.id <= r.upto
+						AND pg_catalog.pg_visible_in_snapshot(s.txid, b.cur)
+						AND NOT pg_catalog.pg_visible_in_snapshot(s.txid, b.prev)
+					  ORDER BY b.cursor_txid, b.cursor_id LIMIT 1),
+					(SELECT b.decided_at FROM ledger.batches b, ledger.deciding_batches(s.id) r
 					  WHERE b.bucket = s.bucket AND b.cur_xmax > s.txid
 						AND b.id > r.after AND b.id <= r.upto
 						AND ledger.decided_by(b.prev, b.cur, b.cursor_txid, b.cursor_id, s.txid, s.id)
@@ -321,6 +327,14 @@ CREATE VIEW ledger.events AS
 		   s.hold_id, s.expires_at, s.metadata
 	  FROM ledger.log_states s
 	 WHERE s.credit_of IS NULL AND s.state <> 'p';
+
+-- When an event was decided, as ledger.events has it.
+CREATE FUNCTION ledger.decided_at(e ledger.event_log)
+RETURNS timestamptz
+LANGUAGE sql STABLE AS
+$$
+	SELECT s.applied_at FROM ledger.events s WHERE s.id = e.id
+$$;
 
 /*
  * What is still to be applied, as 1.5's queue: events not decided, and

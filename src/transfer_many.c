@@ -216,7 +216,8 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 
 	/* ids in call order, so that the transfers apply in that order */
 	seq = ledger_event_id_seq();
-	ids = palloc(sizeof(int64) * n);
+	/* returned after SPI_finish(), which frees what was allocated since */
+	ids = SPI_palloc(sizeof(int64) * n);
 	reqs = palloc0(sizeof(KeyedRequest) * n);
 	for (i = 0; i < n; i++)
 	{

@@ -220,5 +220,19 @@ SELECT problem, event_id FROM ledger_verify();
 ROLLBACK;
 SELECT * FROM ledger_verify();
 
+-- 9. A large ledger_transfer_many returns the ids it logged, in call order
+CREATE TEMP TABLE many AS
+SELECT x.id, x.n
+  FROM unnest(ledger_transfer_many(array_fill(7101::bigint, ARRAY[3000]),
+								   array_fill(7103::bigint, ARRAY[3000]),
+								   array_fill(1::bigint, ARRAY[3000])))
+	   WITH ORDINALITY AS x(id, n);
+SELECT count(*) AS returned, count(e.id) AS logged,
+	   bool_and(e.account_id = 7101 AND e.to_account = 7103 AND e.amount = 1) AS as_called,
+	   max(x.id) - min(x.id) = 2999 AND bool_and(x.id - min_id = x.n - 1) AS in_call_order
+  FROM many x LEFT JOIN ledger.event_log e ON e.id = x.id,
+	   (SELECT min(id) AS min_id FROM many) m;
+SELECT ledger_wait(max(id), 30000) IS NOT NULL AS decided FROM many;
+
 DROP FUNCTION attempt(text);
 DROP ROLE regress_tenant_a, regress_tenant_b, regress_owner_a;
