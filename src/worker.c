@@ -4,14 +4,15 @@
  *	  The bucket worker: a background worker that applies its buckets' events.
  *
  * Each worker loops: apply one batch of each bucket it serves, one
- * transaction per batch, and sleep on its latch when every queue was
- * drained.  Enqueueing backends set the latch when they commit, so the poll
- * interval only bounds the wait for a wake-up that was missed.
+ * transaction per batch, and sleep on its latch when every bucket is done.
+ * Enqueueing backends (and workers that log credits for other buckets) set
+ * the latch when they commit, and count the wake-up, so the poll interval
+ * only bounds the wait for events that came without one.
  *
  * The worker waits for the extension to exist in ledger.database, and notices
  * when it is dropped and created again.  An error ends the worker; the
- * postmaster starts it again, and it carries on from the queue, which the
- * failed batch left untouched.
+ * postmaster starts it again, and it carries on from its bucket's newest
+ * batch, which the failed one did not replace.
  *
  *-------------------------------------------------------------------------
  */
