@@ -11,10 +11,11 @@
  * the delta is applied in (txid, id) order, batch_size events a batch, each
  * batch recording how far it got (its cursor).  A transaction that commits
  * late falls in a later delta, never skipped; one that commits with others
- * is ordered among them by its txid.  One statement reads the batch's
- * events, another loads the accounts this worker has not seen yet; then the
- * events are decided here, in C, one at a time in that order, because each
- * depends on the balances the previous ones left.  What is new is written
+ * is ordered among them by its txid.  A scan of the log's index by (bucket,
+ * txid, id) reads the batch's events, a statement loads the accounts this
+ * worker has not seen yet; then the events are decided here, in C, one at
+ * a time in that order, because each depends on the balances the previous
+ * ones left.  What is new is written
  * straight to the heap (bulk.c): legs, credits for other buckets (events of
  * the log too), breakpoints, the new totals of open holds, a row for each
  * event rejected or left for later, and one for the batch.  Nothing is
@@ -39,17 +40,21 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/nbtree.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
+#include "executor/tuptable.h"
 #include "common/int.h"
 #include "executor/spi.h"
 #include "storage/itemptr.h"
 #include "utils/array.h"
 #include "utils/datum.h"
+#include "utils/fmgroids.h"
 #include "utils/fmgrprotos.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -201,6 +206,7 @@ static uint64 seen_limits_generation = 0;
 static Oid	transaction_seq_oid = InvalidOid;
 static Oid	event_seq_oid = InvalidOid;
 static Oid	event_log_oid = InvalidOid;
+static Oid	event_log_delta_index_oid = InvalidOid;
 static Oid	batches_oid = InvalidOid;
 static Oid	outcomes_oid = InvalidOid;
 static Oid	deferred_oid = InvalidOid;
@@ -237,6 +243,7 @@ static HTAB *reported_credits = NULL;
 
 static SPIPlanPtr fetch_plan = NULL;
 static SPIPlanPtr fetch_deferred_plan = NULL;
+static SPIPlanPtr fetch_xip_plan = NULL;
 static SPIPlanPtr awaited_plan = NULL;
 
 /*
@@ -254,6 +261,7 @@ ledger_apply_reset(void)
 	ledger_extension = InvalidOid;
 	ledger_free_plan(&fetch_plan);
 	ledger_free_plan(&fetch_deferred_plan);
+	ledger_free_plan(&fetch_xip_plan);
 	ledger_free_plan(&awaited_plan);
 	if (reported_credits)
 		hash_destroy(reported_credits);
@@ -288,6 +296,29 @@ ledger_relation(const char *name, const char *const *columns, int ncolumns)
 					 errhint("Update the extension with ALTER EXTENSION ledger UPDATE.")));
 	}
 	table_close(rel, AccessShareLock);
+	return relid;
+}
+
+/*
+ * The log's index by (bucket, txid, id), that a delta is read by: checked
+ * once per installation, as the tables are.
+ */
+static Oid
+log_delta_index(void)
+{
+	Oid			relid = ledger_relation("event_log_batch_idx", NULL, 0);
+	Relation	index = index_open(relid, AccessShareLock);
+	Form_pg_index form = index->rd_index;
+
+	if (form->indrelid != event_log_oid || form->indnkeyatts != 3 ||
+		form->indkey.values[0] != LOG_BUCKET + 1 ||
+		form->indkey.values[1] != LOG_TXID + 1 ||
+		form->indkey.values[2] != LOG_ID + 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("index ledger.event_log_batch_idx is not on (bucket, txid, id) of ledger.event_log"),
+				 errhint("Update the extension with ALTER EXTENSION ledger UPDATE.")));
+	index_close(index, AccessShareLock);
 	return relid;
 }
 
@@ -549,6 +580,7 @@ ledger_apply_ready(int worker, uint64 limits_before, uint64 limits_after,
 		event_seq_oid = ledger_relation("event_id_seq", NULL, 0);
 		batch_seq_oid = ledger_relation("batch_id_seq", NULL, 0);
 		event_log_oid = ledger_relation("event_log", event_log_columns, LOG_NATTS);
+		event_log_delta_index_oid = log_delta_index();
 		batches_oid = ledger_relation("batches", batches_columns, BATCHES_NATTS);
 		outcomes_oid = ledger_relation("outcomes", outcomes_columns, OUTCOMES_NATTS);
 		deferred_oid = ledger_relation("deferred", deferred_columns, DEFERRED_NATTS);
@@ -597,17 +629,10 @@ bigint_array_values(Datum array, int *n)
 	return values;
 }
 
-/* Fill in an event from a row of the log SPI_tuptable holds. */
+/* Fill in an event from a row of the log. */
 static void
-read_event(HeapTuple tuple, TupleDesc desc, QueuedEvent *ev)
+read_event(Datum *row, bool *isnull, QueuedEvent *ev)
 {
-	Datum		row[LOG_NATTS];
-	bool		isnull[LOG_NATTS];
-	int			col;
-
-	for (col = 0; col < LOG_NATTS; col++)
-		row[col] = SPI_getbinval(tuple, desc, col + 1, &isnull[col]);
-
 	ev->row_id = DatumGetInt64(row[LOG_ID]);
 	ev->id = isnull[LOG_CREDIT_OF] ? ev->row_id : DatumGetInt64(row[LOG_CREDIT_OF]);
 	ev->kind = DatumGetChar(row[LOG_KIND]);
@@ -645,6 +670,61 @@ read_event(HeapTuple tuple, TupleDesc desc, QueuedEvent *ev)
 }
 
 /*
+ * Read entries of the bucket's log into events[*n ...], in (txid, id)
+ * order, until there are limit: with txid_op BTEqualStrategyNumber those of
+ * transaction txid after after_id, else those from txid on (after it with
+ * BTGreaterStrategyNumber) up to before upto.  Only the entries of
+ * transactions visible in the delta's snapshot are read, and of this
+ * cluster (after base_id).
+ *
+ * The log's index is scanned directly, with keys that start and stop the
+ * scan where the delta starts and stops whatever the statistics say: a
+ * plan would be chosen for the table as ANALYZE last saw it, and a history
+ * loaded in a few large transactions makes an equality on txid look like
+ * half the table.
+ */
+static void
+read_log(BucketState *b, Relation log, Relation index, int txid_op,
+		 Datum txid, int64 after_id, Datum upto,
+		 QueuedEvent *events, int *n, int limit)
+{
+	ScanKeyData keys[3];
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ,
+				Int32GetDatum(b->bucket));
+	if (txid_op == BTEqualStrategyNumber)
+	{
+		ScanKeyInit(&keys[1], 2, BTEqualStrategyNumber, F_XID8EQ, txid);
+		ScanKeyInit(&keys[2], 3, BTGreaterStrategyNumber, F_INT8GT,
+					Int64GetDatum(Max(after_id, base_id)));
+	}
+	else
+	{
+		ScanKeyInit(&keys[1], 2, txid_op,
+					txid_op == BTGreaterStrategyNumber ? F_XID8GT : F_XID8GE,
+					txid);
+		ScanKeyInit(&keys[2], 2, BTLessStrategyNumber, F_XID8LT, upto);
+	}
+	slot = table_slot_create(log, NULL);
+	scan = index_beginscan(log, index, GetActiveSnapshot(), 3, 0);
+	index_rescan(scan, keys, 3, NULL, 0);
+	while (*n < limit && index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		slot_getallattrs(slot);
+		if (DatumGetInt64(slot->tts_values[LOG_ID]) <= base_id ||
+			!DatumGetBool(DirectFunctionCall2(pg_visible_in_snapshot,
+											  slot->tts_values[LOG_TXID],
+											  b->cur)))
+			continue;
+		read_event(slot->tts_values, slot->tts_isnull, &events[(*n)++]);
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+}
+
+/*
  * Read the batch: the events the bucket left for later, then up to
  * batch_size more of its delta, after its cursor.  Sets *more when the
  * delta may have more.  The events are in the order they are to be decided.
@@ -652,12 +732,14 @@ read_event(HeapTuple tuple, TupleDesc desc, QueuedEvent *ev)
 static QueuedEvent *
 fetch_batch(BucketState *b, int batch_size, int *nevents, bool *more)
 {
-	Oid			argtypes[9] = {INT4OID, XID8OID, XID8OID, XID8OID, INT8OID,
-		PG_SNAPSHOTOID, PG_SNAPSHOTOID, INT4OID, INT8OID};
 	Oid			deferred_argtypes[2] = {INT8ARRAYOID, INT8OID};
-	Datum		args[9];
+	Oid			xip_argtypes[3] = {PG_SNAPSHOTOID, XID8OID, PG_SNAPSHOTOID};
+	Datum		args[3];
 	QueuedEvent *events;
-	int			nnew;
+	int			first_new;
+	Datum		prev_xmax;
+	Relation	log;
+	Relation	index;
 	uint64		i;
 
 	/*
@@ -665,80 +747,96 @@ fetch_batch(BucketState *b, int batch_size, int *nevents, bool *more)
 	 * restored from another history first, as their transaction ids are not
 	 * comparable with this cluster's.
 	 */
+	events = palloc0(sizeof(QueuedEvent) * (b->ndeferred + batch_size));
+	*nevents = 0;
 	if (b->ndeferred > 0)
 	{
 		Datum	   *ids = palloc(sizeof(Datum) * b->ndeferred);
-		Datum		dargs[2];
 
 		for (i = 0; i < b->ndeferred; i++)
 			ids[i] = Int64GetDatum(b->deferred[i]);
-		dargs[0] = ledger_bigint_array(ids, b->ndeferred);
-		dargs[1] = Int64GetDatum(base_id);
+		args[0] = ledger_bigint_array(ids, b->ndeferred);
+		args[1] = Int64GetDatum(base_id);
 		ledger_prepare_plan(&fetch_deferred_plan,
 							"SELECT e.* FROM ledger.event_log e WHERE e.id = ANY ($1)"
 							" ORDER BY e.id > $2, e.txid, e.id",
 							2, deferred_argtypes);
-		if (SPI_execute_plan(fetch_deferred_plan, dargs, NULL, true, 0) != SPI_OK_SELECT)
+		if (SPI_execute_plan(fetch_deferred_plan, args, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read the deferred events of bucket %d", b->bucket);
+		for (i = 0; i < SPI_processed; i++)
+		{
+			Datum		row[LOG_NATTS];
+			bool		isnull[LOG_NATTS];
+
+			heap_deform_tuple(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
+							  row, isnull);
+			read_event(row, isnull, &events[*nevents]);
+			events[(*nevents)++].was_deferred = true;
+		}
 	}
-	events = palloc0(sizeof(QueuedEvent) * (b->ndeferred + batch_size));
-	*nevents = 0;
-	for (i = 0; b->ndeferred > 0 && i < SPI_processed; i++)
-	{
-		read_event(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &events[*nevents]);
-		events[(*nevents)++].was_deferred = true;
-	}
+	first_new = *nevents;
 
 	/*
 	 * The delta's events after the cursor: their transaction visible in cur
-	 * and not in prev.  Not in prev means from prev's xmax on, or in
-	 * progress in prev: as PgQ does, the range is read from prev's xmax, and
-	 * each transaction prev saw in progress probed for on its own.  Reading
-	 * from prev's xmin instead would read again, every batch, all that
-	 * committed since the oldest transaction then open: a transaction left
-	 * open anywhere in the cluster would slow the worker down more and more.
-	 * Events up to base_id are of a ledger restored from another cluster:
-	 * their transaction ids are not this one's.
+	 * and not in prev.  Not in prev means in progress in prev, or from
+	 * prev's xmax on.  As PgQ does, each transaction prev saw in progress
+	 * (all before prev's xmax) is probed for on its own, then the range
+	 * read from prev's xmax.  Reading from prev's xmin instead would read
+	 * again, every batch, all that committed since the oldest transaction
+	 * then open: a transaction left open anywhere in the cluster would slow
+	 * the worker down more and more.  The cursor's own transaction is read
+	 * on from the cursor, so that a delta of a few large transactions is
+	 * read once, not once per batch.
 	 */
-	ledger_prepare_plan(&fetch_plan,
-						"SELECT u.* FROM ("
-						" (SELECT e.* FROM ledger.event_log e"
-						"   WHERE e.bucket = $1 AND e.txid >= $2 AND e.txid < $3"
-						"     AND (e.txid, e.id) > ($4, $5)"
-						"     AND pg_visible_in_snapshot(e.txid, $6) AND e.id > $9"
-						"   ORDER BY e.bucket, e.txid, e.id LIMIT $8)"
-						" UNION ALL"
-						" SELECT w.* FROM pg_snapshot_xip($7) x(txid)"
-						"  CROSS JOIN LATERAL"
-						"   (SELECT e.* FROM ledger.event_log e"
-						"     WHERE e.bucket = $1 AND e.txid = x.txid"
-						"       AND (e.txid, e.id) > ($4, $5) AND e.id > $9"
-						"     ORDER BY e.bucket, e.txid, e.id LIMIT $8) w"
-						"  WHERE x.txid >= $4 AND pg_visible_in_snapshot(x.txid, $6)"
-						") u ORDER BY u.txid, u.id LIMIT $8",
-						9, argtypes);
-	args[0] = Int32GetDatum(b->bucket);
-	args[1] = DirectFunctionCall1(pg_snapshot_xmax, b->prev);
-	args[2] = DirectFunctionCall1(pg_snapshot_xmax, b->cur);
-	args[3] = b->cursor_txid;
-	args[4] = Int64GetDatum(b->cursor_id);
-	args[5] = b->cur;
-	args[6] = b->prev;
-	args[7] = Int32GetDatum(batch_size);
-	args[8] = Int64GetDatum(base_id);
-	if (SPI_execute_plan(fetch_plan, args, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the events of bucket %d", b->bucket);
-	nnew = (int) SPI_processed;
-	for (i = 0; i < SPI_processed; i++)
-		read_event(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &events[(*nevents)++]);
+	ledger_prepare_plan(&fetch_xip_plan,
+						"SELECT x FROM pg_snapshot_xip($1) x"
+						" WHERE x >= $2 AND pg_visible_in_snapshot(x, $3)"
+						" ORDER BY x",
+						3, xip_argtypes);
+	args[0] = b->prev;
+	args[1] = b->cursor_txid;
+	args[2] = b->cur;
+	if (SPI_execute_plan(fetch_xip_plan, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the snapshot of bucket %d", b->bucket);
+
+	log = table_open(event_log_oid, AccessShareLock);
+	index = index_open(event_log_delta_index_oid, AccessShareLock);
+	for (i = 0; i < SPI_processed && *nevents - first_new < batch_size; i++)
+	{
+		bool		isnull;
+		Datum		xid = SPI_getbinval(SPI_tuptable->vals[i],
+										SPI_tuptable->tupdesc, 1, &isnull);
+
+		read_log(b, log, index, BTEqualStrategyNumber, xid,
+				 FullTransactionIdEquals(DatumGetFullTransactionId(xid),
+										DatumGetFullTransactionId(b->cursor_txid)) ?
+				 b->cursor_id : 0, (Datum) 0,
+				 events, nevents, first_new + batch_size);
+	}
+	prev_xmax = DirectFunctionCall1(pg_snapshot_xmax, b->prev);
+	if (DatumGetBool(DirectFunctionCall2(xid8ge, b->cursor_txid, prev_xmax)))
+	{
+		read_log(b, log, index, BTEqualStrategyNumber, b->cursor_txid,
+				 b->cursor_id, (Datum) 0, events, nevents,
+				 first_new + batch_size);
+		read_log(b, log, index, BTGreaterStrategyNumber, b->cursor_txid, 0,
+				 DirectFunctionCall1(pg_snapshot_xmax, b->cur),
+				 events, nevents, first_new + batch_size);
+	}
+	else
+		read_log(b, log, index, BTGreaterEqualStrategyNumber, prev_xmax, 0,
+				 DirectFunctionCall1(pg_snapshot_xmax, b->cur),
+				 events, nevents, first_new + batch_size);
+	index_close(index, AccessShareLock);
+	table_close(log, AccessShareLock);
 
 	/* the cursor moves to the last event read: all before it are decided */
-	if (nnew > 0)
+	if (*nevents > first_new)
 	{
 		b->cursor_txid = events[*nevents - 1].txid;
 		b->cursor_id = events[*nevents - 1].row_id;
 	}
-	*more = nnew == batch_size;
+	*more = *nevents - first_new == batch_size;
 	return events;
 }
 
