@@ -270,6 +270,9 @@ extern TupleTableSlot *ledger_bulk_next_slot(BulkInsert *bulk);
 extern void ledger_bulk_add_row(BulkInsert *bulk, TupleTableSlot *slot);
 extern void ledger_bulk_end(BulkInsert *bulk);
 extern void ledger_bulk_reset(void);
+extern void ledger_insert_row(Oid relid, const AttrNumber *attnums,
+							  const Datum *values, const bool *isnull,
+							  int ncolumns);
 
 /* apply.c */
 extern LedgerSchema ledger_apply_ready(int worker, uint64 limits_before,

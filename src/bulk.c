@@ -11,6 +11,11 @@
  * keys.  Those tables have no insert triggers, constraints or defaults that
  * this would skip: their rows are complete when the worker builds them.
  *
+ * An enqueue call writes one row of the log the same way, without the
+ * buffering (ledger_insert_row): an INSERT through SPI would check its
+ * cached plan and start an executor, which costs the call more than the
+ * row.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -174,4 +179,40 @@ ledger_bulk_end(BulkInsert *bulk)
 	FreeExecutorState(bulk->estate);
 	table_close(bulk->rel, NoLock);
 	pfree(bulk);
+}
+
+/*
+ * Write one row of a table that has no insert triggers, constraints or
+ * defaults: column attnums[i] is values[i] (null if isnull[i]), for ncolumns
+ * columns; the others are null.  Its indexes are written too, the primary
+ * key checked.
+ */
+void
+ledger_insert_row(Oid relid, const AttrNumber *attnums, const Datum *values,
+				  const bool *isnull, int ncolumns)
+{
+	Relation	rel = table_open(relid, RowExclusiveLock);
+	EState	   *estate = CreateExecutorState();
+	ResultRelInfo *rri = makeNode(ResultRelInfo);
+	TupleTableSlot *slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(rel),
+												  &TTSOpsVirtual);
+	List	   *recheck;
+	int			i;
+
+	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	ExecOpenIndices(rri, false);
+	memset(slot->tts_isnull, true, sizeof(bool) * slot->tts_tupleDescriptor->natts);
+	for (i = 0; i < ncolumns; i++)
+	{
+		slot->tts_values[attnums[i] - 1] = values[i];
+		slot->tts_isnull[attnums[i] - 1] = isnull[i];
+	}
+	ExecStoreVirtualTuple(slot);
+	table_tuple_insert(rel, slot, GetCurrentCommandId(true), 0, NULL);
+	recheck = ExecInsertIndexTuples(rri, slot, estate, false, false, NULL, NIL);
+	list_free(recheck);
+	ExecCloseIndices(rri);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	FreeExecutorState(estate);
+	table_close(rel, NoLock);
 }

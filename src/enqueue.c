@@ -17,6 +17,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
@@ -25,6 +26,7 @@
 #include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/xid8.h"
 
 #include "enqueue.h"
 
@@ -89,53 +91,71 @@ ledger_movement_request(Movement *m, KeyedRequest *req)
 }
 
 /*
+ * The columns of ledger.event_log an enqueue call writes, and where they are
+ * in its rows: found again when the table is not the one last seen.
+ */
+enum
+{
+	QUEUE_BUCKET, QUEUE_ID, QUEUE_KIND, QUEUE_ACCOUNT_ID, QUEUE_TO_ACCOUNT,
+	QUEUE_AMOUNT, QUEUE_TO_ACCOUNTS, QUEUE_AMOUNTS, QUEUE_ENQUEUED_AT,
+	QUEUE_HOLD_ID, QUEUE_EXPIRES_AT, QUEUE_METADATA, QUEUE_WAITS_FROM,
+	QUEUE_TXID, QUEUE_NCOLUMNS
+};
+static const char *const queue_columns[QUEUE_NCOLUMNS] = {
+	"bucket", "id", "kind", "account_id", "to_account", "amount",
+	"to_accounts", "amounts", "enqueued_at", "hold_id", "expires_at",
+	"metadata", "waits_from", "txid"
+};
+
+/*
  * Write a movement's row into the log, for its bucket's worker, under this
- * transaction's id.  Called inside SPI.
+ * transaction's id.  The columns not written (the outcome, which the worker
+ * records elsewhere) are null.
  */
 void
 ledger_insert_queue_row(Movement *m, int bucket, int64 event_id)
 {
-	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[12] = {INT4OID, INT8OID, CHAROID, INT8OID, INT8OID,
-		INT8OID, INT8ARRAYOID, INT8ARRAYOID, INT8OID, TIMESTAMPTZOID, JSONBOID,
-	INT8OID};
-	Datum		values[12];
-	char		nulls[12];
+	static Oid	log_oid = InvalidOid;
+	static AttrNumber attnums[QUEUE_NCOLUMNS];
+	Oid			relid = get_relname_relid("event_log",
+										  get_namespace_oid("ledger", false));
+	Datum		v[QUEUE_NCOLUMNS];
+	bool		n[QUEUE_NCOLUMNS];
 	bool		listed = m->kind == LEDGER_DISBURSE;
+	int			i;
 
-	ledger_prepare_plan(&plan,
-						"INSERT INTO ledger.event_log (bucket, id, kind, account_id,"
-						" to_account, amount, to_accounts, amounts, enqueued_at,"
-						" hold_id, expires_at, metadata, waits_from, txid)"
-						" VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
-						"         statement_timestamp(), $9, $10, $11, $12,"
-						"         pg_current_xact_id())",
-						12, argtypes);
+	if (relid != log_oid)
+	{
+		for (i = 0; i < QUEUE_NCOLUMNS; i++)
+			if ((attnums[i] = get_attnum(relid, queue_columns[i])) == InvalidAttrNumber)
+				elog(ERROR, "table ledger.event_log has no column %s", queue_columns[i]);
+		log_oid = relid;
+	}
 
-	memset(nulls, ' ', sizeof(nulls));
-	values[0] = Int32GetDatum(bucket);
-	values[1] = Int64GetDatum(event_id);
-	values[2] = CharGetDatum(m->kind);
-	values[3] = Int64GetDatum(m->account_id);
-	values[4] = Int64GetDatum(m->to_account);
-	nulls[4] = m->to_account != 0 ? ' ' : 'n';
-	values[5] = Int64GetDatum(m->amount);
+	memset(n, false, sizeof(n));
+	v[QUEUE_BUCKET] = Int32GetDatum(bucket);
+	v[QUEUE_ID] = Int64GetDatum(event_id);
+	v[QUEUE_KIND] = CharGetDatum(m->kind);
+	v[QUEUE_ACCOUNT_ID] = Int64GetDatum(m->account_id);
+	v[QUEUE_TO_ACCOUNT] = Int64GetDatum(m->to_account);
+	n[QUEUE_TO_ACCOUNT] = m->to_account == 0;
+	v[QUEUE_AMOUNT] = Int64GetDatum(m->amount);
 	/* stored with bounds from 1, whatever the caller's were */
-	values[6] = listed ? ledger_int64_array(m->payees, m->npayees) : (Datum) 0;
-	nulls[6] = listed ? ' ' : 'n';
-	values[7] = listed ? ledger_int64_array(m->amounts, m->npayees) : (Datum) 0;
-	nulls[7] = listed ? ' ' : 'n';
-	values[8] = Int64GetDatum(m->hold_id);
-	nulls[8] = m->hold_id != 0 ? ' ' : 'n';
-	values[9] = TimestampTzGetDatum(m->expires_at);
-	nulls[9] = m->expires_at != 0 ? ' ' : 'n';
-	values[10] = PointerGetDatum(m->metadata);
-	nulls[10] = m->metadata ? ' ' : 'n';
-	values[11] = Int64GetDatum(m->waits_from);
-	nulls[11] = m->waits_from != 0 ? ' ' : 'n';
-
-	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not enqueue event");
+	v[QUEUE_TO_ACCOUNTS] = listed ? ledger_int64_array(m->payees, m->npayees) : (Datum) 0;
+	n[QUEUE_TO_ACCOUNTS] = !listed;
+	v[QUEUE_AMOUNTS] = listed ? ledger_int64_array(m->amounts, m->npayees) : (Datum) 0;
+	n[QUEUE_AMOUNTS] = !listed;
+	v[QUEUE_ENQUEUED_AT] = TimestampTzGetDatum(GetCurrentStatementStartTimestamp());
+	v[QUEUE_HOLD_ID] = Int64GetDatum(m->hold_id);
+	n[QUEUE_HOLD_ID] = m->hold_id == 0;
+	v[QUEUE_EXPIRES_AT] = TimestampTzGetDatum(m->expires_at);
+	n[QUEUE_EXPIRES_AT] = m->expires_at == 0;
+	v[QUEUE_METADATA] = PointerGetDatum(m->metadata);
+	n[QUEUE_METADATA] = m->metadata == NULL;
+	v[QUEUE_WAITS_FROM] = Int64GetDatum(m->waits_from);
+	n[QUEUE_WAITS_FROM] = m->waits_from == 0;
+	v[QUEUE_TXID] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	ledger_insert_row(relid, attnums, v, n, QUEUE_NCOLUMNS);
 }
 
 /* Does a movement of this kind debit its account? */

@@ -375,17 +375,20 @@ ledger_installation(int64 *base_id)
  * Refuse to enqueue into a ledger restored from another history that the
  * workers have not taken over yet: its events would be logged under
  * transaction ids the workers cannot tell from the restored ones.  Asked
- * once per backend and installation.  Called inside SPI, as the extension's
- * owner.
+ * once per backend and installation, which its table ledger.installation
+ * stands for: a restore creates it again.  (Its OID comes from the syscache;
+ * the extension's would cost a scan of pg_extension every call.)  Called
+ * inside SPI, as the extension's owner.
  */
 void
 ledger_require_installation(void)
 {
 	static Oid	checked = InvalidOid;
-	Oid			extension = ledger_extension_oid();
+	Oid			installation = get_relname_relid("installation",
+												 get_namespace_oid("ledger", false));
 	int64		base_id;
 
-	if (extension == checked)
+	if (installation == checked)
 		return;
 	if (ledger_installation(&base_id))
 		ereport(ERROR,
@@ -393,7 +396,7 @@ ledger_require_installation(void)
 				 errmsg("the ledger was restored from another cluster, and its workers have not taken it over yet"),
 				 errdetail("Its events are logged under the other cluster's transaction ids until they have."),
 				 errhint("Retry in a moment; the workers do it as they start.")));
-	checked = extension;
+	checked = installation;
 }
 
 /* Refuse to enqueue into a schema the library does not serve. */

@@ -4,59 +4,140 @@
  *	  The accounts an enqueue call names: do they exist, in which bucket and
  *	  currency, and who owns them.
  *
- * One statement per call, whatever the number of accounts: their bucket
- * decides the queue an event joins, their currency whether money may move
- * between them, their owner who may debit them.  In a cluster, accounts of
+ * A probe of the accounts' primary key per account: their bucket decides
+ * the queue an event joins, their currency whether money may move between
+ * them, their owner who may debit them.  In a cluster, accounts of
  * other nodes are found in the directory, with bucket -2.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/nbtree.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
+#include "utils/snapmgr.h"
 
 #include "enqueue.h"
 
-/* Look up the accounts of info->ids, sorted and distinct.  Inside SPI. */
+/*
+ * ledger.accounts, its primary key, and where in its rows the columns read
+ * here are: found again when the table is not the one last seen (the
+ * extension was created again).
+ */
+static Oid	accounts_oid = InvalidOid;
+static Oid	accounts_pkey_oid = InvalidOid;
+static AttrNumber bucket_attnum;
+static AttrNumber currency_attnum;
+static AttrNumber owner_attnum;
+
+static void
+find_accounts_table(Oid relid)
+{
+	Relation	rel;
+
+	if (relid == accounts_oid)
+		return;
+	rel = table_open(relid, AccessShareLock);
+	accounts_pkey_oid = RelationGetPrimaryKeyIndex(rel);
+	bucket_attnum = get_attnum(relid, "bucket");
+	currency_attnum = get_attnum(relid, "currency");
+	owner_attnum = get_attnum(relid, "owner");
+	table_close(rel, AccessShareLock);
+	if (!OidIsValid(accounts_pkey_oid) || bucket_attnum == InvalidAttrNumber ||
+		currency_attnum == InvalidAttrNumber || owner_attnum == InvalidAttrNumber)
+		elog(ERROR, "table ledger.accounts is not as this library knows it");
+	accounts_oid = relid;
+}
+
+/*
+ * Look up the accounts of info->ids, sorted and distinct, by probing the
+ * primary key of ledger.accounts for each: no statement to plan or start,
+ * which would cost an enqueue call more than its insert.  Accounts are
+ * never deleted, so the newest snapshot serves; the command counter is
+ * advanced first so that an account opened earlier in the same statement is
+ * seen.  In a cluster, the accounts not found are looked for in the
+ * directory.  Inside SPI.
+ */
 static void
 lookup_buckets(AccountInfo *info)
 {
-	static SPIPlanPtr plan = NULL;
 	static SPIPlanPtr plan_cluster = NULL;
 	Oid			argtypes[2] = {INT8ARRAYOID, INT4OID};
 	Datum		args[2];
-	SPIPlanPtr	chosen;
+	Relation	rel;
+	Relation	index;
+	TupleTableSlot *slot;
+	Snapshot	snapshot;
+	int64	   *missing;
+	int			nmissing = 0;
 	uint64		row;
 	int			i;
-
-	if (ledger_in_cluster())
-		chosen = ledger_prepare_plan(&plan_cluster,
-									 "SELECT a.id, a.bucket, a.currency, a.owner"
-									 "  FROM ledger.accounts a"
-									 " WHERE a.id = ANY ($1)"
-									 " UNION ALL"
-									 " SELECT d.account_id, -2, COALESCE(c.no, -1), NULL"
-									 "   FROM ledger.directory d"
-									 "   LEFT JOIN ledger.currencies c ON c.code = d.currency"
-									 "  WHERE d.account_id = ANY ($1) AND d.node_id <> $2",
-									 2, argtypes);
-	else
-		chosen = ledger_prepare_plan(&plan,
-									 "SELECT a.id, a.bucket, a.currency, a.owner"
-									 "  FROM ledger.accounts a"
-									 " WHERE a.id = ANY ($1)",
-									 1, argtypes);
-	args[0] = ledger_int64_array(info->ids, info->n);
-	args[1] = Int32GetDatum(ledger_node_id);
-	if (SPI_execute_plan(chosen, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not look up accounts");
 
 	info->buckets = palloc(sizeof(int) * Max(info->n, 1));
 	info->currencies = palloc0(sizeof(int) * Max(info->n, 1));
 	info->owners = palloc0(sizeof(Oid) * Max(info->n, 1));
+	missing = palloc(sizeof(int64) * Max(info->n, 1));
+
+	find_accounts_table(get_relname_relid("accounts",
+										  get_namespace_oid("ledger", false)));
+	CommandCounterIncrement();
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	rel = table_open(accounts_oid, AccessShareLock);
+	index = index_open(accounts_pkey_oid, AccessShareLock);
+	slot = table_slot_create(rel, NULL);
 	for (i = 0; i < info->n; i++)
-		info->buckets[i] = -1;
+	{
+		IndexScanDesc scan;
+		ScanKeyData key;
+		bool		isnull;
+
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ,
+					Int64GetDatum(info->ids[i]));
+		scan = index_beginscan(rel, index, snapshot, 1, 0);
+		index_rescan(scan, &key, 1, NULL, 0);
+		if (index_getnext_slot(scan, ForwardScanDirection, slot))
+		{
+			Datum		owner;
+
+			info->buckets[i] = DatumGetInt32(slot_getattr(slot, bucket_attnum, &isnull));
+			info->currencies[i] = DatumGetInt32(slot_getattr(slot, currency_attnum, &isnull));
+			owner = slot_getattr(slot, owner_attnum, &isnull);
+			info->owners[i] = isnull ? InvalidOid : DatumGetObjectId(owner);
+		}
+		else
+		{
+			info->buckets[i] = -1;
+			missing[nmissing++] = info->ids[i];
+		}
+		index_endscan(scan);
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(index, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	UnregisterSnapshot(snapshot);
+
+	if (nmissing == 0 || !ledger_in_cluster())
+		return;
+	ledger_prepare_plan(&plan_cluster,
+						"SELECT d.account_id, COALESCE(c.no, -1)"
+						"  FROM ledger.directory d"
+						"  LEFT JOIN ledger.currencies c ON c.code = d.currency"
+						" WHERE d.account_id = ANY ($1) AND d.node_id <> $2",
+						2, argtypes);
+	args[0] = ledger_int64_array(missing, nmissing);
+	args[1] = Int32GetDatum(ledger_node_id);
+	if (SPI_execute_plan(plan_cluster, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up accounts");
 	for (row = 0; row < SPI_processed; row++)
 	{
 		HeapTuple	tuple = SPI_tuptable->vals[row];
@@ -65,12 +146,9 @@ lookup_buckets(AccountInfo *info)
 		int64		id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
 		int			k = (int64 *) bsearch(&id, info->ids, info->n, sizeof(int64),
 										  ledger_cmp_int64) - info->ids;
-		Datum		owner;
 
-		info->buckets[k] = DatumGetInt32(SPI_getbinval(tuple, desc, 2, &isnull));
-		info->currencies[k] = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
-		owner = SPI_getbinval(tuple, desc, 4, &isnull);
-		info->owners[k] = isnull ? InvalidOid : DatumGetObjectId(owner);
+		info->buckets[k] = -2;
+		info->currencies[k] = DatumGetInt32(SPI_getbinval(tuple, desc, 2, &isnull));
 	}
 }
 
