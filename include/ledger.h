@@ -210,6 +210,8 @@ typedef struct LedgerBatchCounts
 extern LedgerSharedState *ledger_shared;
 
 /* ledger.c */
+extern void ledger_column_attnums(Oid relid, const char *const *names, int n,
+								  AttrNumber *attnums);
 extern int	ledger_worker_of_bucket(int bucket);
 extern Oid	ledger_extension_oid(void);
 extern LedgerSchema ledger_schema(void);

@@ -15,11 +15,10 @@
  * txid, id) reads the batch's events, a statement loads the accounts this
  * worker has not seen yet; then the events are decided here, in C, one at
  * a time in that order, because each depends on the balances the previous
- * ones left.  What is new is written
- * straight to the heap (bulk.c): legs, credits for other buckets (events of
- * the log too), breakpoints, the new totals of open holds, a row for each
- * event rejected or left for later, and one for the batch.  Nothing is
- * updated or deleted.
+ * ones left.  What is new is written straight to the heap (bulk.c): legs,
+ * credits for other buckets (events of the log too), breakpoints, the new
+ * totals of open holds, a row for each event rejected or left for later,
+ * and one for the batch.  Nothing is updated or deleted.
  *
  * Balances come from a cache of account state kept across batches
  * (accounts.c), holds from a cache of the open ones (holds.c).  They can be
@@ -48,9 +47,9 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
-#include "executor/tuptable.h"
 #include "common/int.h"
 #include "executor/spi.h"
+#include "executor/tuptable.h"
 #include "storage/itemptr.h"
 #include "utils/array.h"
 #include "utils/datum.h"
@@ -241,7 +240,6 @@ static int	nserved_buckets = 0;
 /* Credits held back that were reported already: reported once each. */
 static HTAB *reported_credits = NULL;
 
-static SPIPlanPtr fetch_plan = NULL;
 static SPIPlanPtr fetch_deferred_plan = NULL;
 static SPIPlanPtr fetch_xip_plan = NULL;
 static SPIPlanPtr awaited_plan = NULL;
@@ -259,7 +257,6 @@ ledger_apply_reset(void)
 	ledger_bulk_reset();
 	transaction_seq_oid = InvalidOid;
 	ledger_extension = InvalidOid;
-	ledger_free_plan(&fetch_plan);
 	ledger_free_plan(&fetch_deferred_plan);
 	ledger_free_plan(&fetch_xip_plan);
 	ledger_free_plan(&awaited_plan);
@@ -738,6 +735,7 @@ fetch_batch(BucketState *b, int batch_size, int *nevents, bool *more)
 	QueuedEvent *events;
 	int			first_new;
 	Datum		prev_xmax;
+	Datum		cur_xmax;
 	Relation	log;
 	Relation	index;
 	uint64		i;
@@ -814,19 +812,18 @@ fetch_batch(BucketState *b, int batch_size, int *nevents, bool *more)
 				 events, nevents, first_new + batch_size);
 	}
 	prev_xmax = DirectFunctionCall1(pg_snapshot_xmax, b->prev);
+	cur_xmax = DirectFunctionCall1(pg_snapshot_xmax, b->cur);
 	if (DatumGetBool(DirectFunctionCall2(xid8ge, b->cursor_txid, prev_xmax)))
 	{
 		read_log(b, log, index, BTEqualStrategyNumber, b->cursor_txid,
 				 b->cursor_id, (Datum) 0, events, nevents,
 				 first_new + batch_size);
 		read_log(b, log, index, BTGreaterStrategyNumber, b->cursor_txid, 0,
-				 DirectFunctionCall1(pg_snapshot_xmax, b->cur),
-				 events, nevents, first_new + batch_size);
+				 cur_xmax, events, nevents, first_new + batch_size);
 	}
 	else
 		read_log(b, log, index, BTGreaterEqualStrategyNumber, prev_xmax, 0,
-				 DirectFunctionCall1(pg_snapshot_xmax, b->cur),
-				 events, nevents, first_new + batch_size);
+				 cur_xmax, events, nevents, first_new + batch_size);
 	index_close(index, AccessShareLock);
 	table_close(log, AccessShareLock);
 

@@ -25,6 +25,7 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "executor/executor.h"
+#include "miscadmin.h"
 #include "nodes/execnodes.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -199,6 +200,8 @@ ledger_insert_row(Oid relid, const AttrNumber *attnums, const Datum *values,
 	List	   *recheck;
 	int			i;
 
+	/* what the executor would check of an INSERT before running it */
+	PreventCommandIfReadOnly("INSERT");
 	InitResultRelInfo(rri, rel, 1, NULL, 0);
 	ExecOpenIndices(rri, false);
 	memset(slot->tts_isnull, true, sizeof(bool) * slot->tts_tupleDescriptor->natts);

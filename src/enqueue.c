@@ -122,13 +122,10 @@ ledger_insert_queue_row(Movement *m, int bucket, int64 event_id)
 	Datum		v[QUEUE_NCOLUMNS];
 	bool		n[QUEUE_NCOLUMNS];
 	bool		listed = m->kind == LEDGER_DISBURSE;
-	int			i;
 
 	if (relid != log_oid)
 	{
-		for (i = 0; i < QUEUE_NCOLUMNS; i++)
-			if ((attnums[i] = get_attnum(relid, queue_columns[i])) == InvalidAttrNumber)
-				elog(ERROR, "table ledger.event_log has no column %s", queue_columns[i]);
+		ledger_column_attnums(relid, queue_columns, QUEUE_NCOLUMNS, attnums);
 		log_oid = relid;
 	}
 

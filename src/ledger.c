@@ -399,6 +399,21 @@ ledger_require_installation(void)
 	checked = installation;
 }
 
+/*
+ * Where the columns names[] are in the rows of table relid, into attnums[]:
+ * the library names columns, not positions, in the rows it builds itself.
+ */
+void
+ledger_column_attnums(Oid relid, const char *const *names, int n,
+					  AttrNumber *attnums)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if ((attnums[i] = get_attnum(relid, names[i])) == InvalidAttrNumber)
+			elog(ERROR, "table %s has no column %s", get_rel_name(relid), names[i]);
+}
+
 /* Refuse to enqueue into a schema the library does not serve. */
 void
 ledger_require_schema(void)

@@ -34,11 +34,16 @@
  * here are: found again when the table is not the one last seen (the
  * extension was created again).
  */
+enum
+{
+	ACCOUNT_BUCKET, ACCOUNT_CURRENCY, ACCOUNT_OWNER, ACCOUNT_NCOLUMNS
+};
+static const char *const account_columns[ACCOUNT_NCOLUMNS] = {
+	"bucket", "currency", "owner"
+};
 static Oid	accounts_oid = InvalidOid;
 static Oid	accounts_pkey_oid = InvalidOid;
-static AttrNumber bucket_attnum;
-static AttrNumber currency_attnum;
-static AttrNumber owner_attnum;
+static AttrNumber account_attnums[ACCOUNT_NCOLUMNS];
 
 static void
 find_accounts_table(Oid relid)
@@ -47,15 +52,13 @@ find_accounts_table(Oid relid)
 
 	if (relid == accounts_oid)
 		return;
+	ledger_column_attnums(relid, account_columns, ACCOUNT_NCOLUMNS,
+						  account_attnums);
 	rel = table_open(relid, AccessShareLock);
 	accounts_pkey_oid = RelationGetPrimaryKeyIndex(rel);
-	bucket_attnum = get_attnum(relid, "bucket");
-	currency_attnum = get_attnum(relid, "currency");
-	owner_attnum = get_attnum(relid, "owner");
 	table_close(rel, AccessShareLock);
-	if (!OidIsValid(accounts_pkey_oid) || bucket_attnum == InvalidAttrNumber ||
-		currency_attnum == InvalidAttrNumber || owner_attnum == InvalidAttrNumber)
-		elog(ERROR, "table ledger.accounts is not as this library knows it");
+	if (!OidIsValid(accounts_pkey_oid))
+		elog(ERROR, "table ledger.accounts has no primary key");
 	accounts_oid = relid;
 }
 
@@ -78,6 +81,7 @@ lookup_buckets(AccountInfo *info)
 	Relation	index;
 	TupleTableSlot *slot;
 	Snapshot	snapshot;
+	IndexScanDesc scan;
 	int64	   *missing;
 	int			nmissing = 0;
 	uint64		row;
@@ -95,23 +99,24 @@ lookup_buckets(AccountInfo *info)
 	rel = table_open(accounts_oid, AccessShareLock);
 	index = index_open(accounts_pkey_oid, AccessShareLock);
 	slot = table_slot_create(rel, NULL);
+	scan = index_beginscan(rel, index, snapshot, 1, 0);
 	for (i = 0; i < info->n; i++)
 	{
-		IndexScanDesc scan;
 		ScanKeyData key;
 		bool		isnull;
 
 		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ,
 					Int64GetDatum(info->ids[i]));
-		scan = index_beginscan(rel, index, snapshot, 1, 0);
 		index_rescan(scan, &key, 1, NULL, 0);
 		if (index_getnext_slot(scan, ForwardScanDirection, slot))
 		{
 			Datum		owner;
 
-			info->buckets[i] = DatumGetInt32(slot_getattr(slot, bucket_attnum, &isnull));
-			info->currencies[i] = DatumGetInt32(slot_getattr(slot, currency_attnum, &isnull));
-			owner = slot_getattr(slot, owner_attnum, &isnull);
+			info->buckets[i] = DatumGetInt32(slot_getattr(slot, account_attnums[ACCOUNT_BUCKET],
+														  &isnull));
+			info->currencies[i] = DatumGetInt32(slot_getattr(slot, account_attnums[ACCOUNT_CURRENCY],
+															 &isnull));
+			owner = slot_getattr(slot, account_attnums[ACCOUNT_OWNER], &isnull);
 			info->owners[i] = isnull ? InvalidOid : DatumGetObjectId(owner);
 		}
 		else
@@ -119,8 +124,8 @@ lookup_buckets(AccountInfo *info)
 			info->buckets[i] = -1;
 			missing[nmissing++] = info->ids[i];
 		}
-		index_endscan(scan);
 	}
+	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
 	index_close(index, AccessShareLock);
 	table_close(rel, AccessShareLock);
