@@ -144,7 +144,8 @@ typedef enum LedgerWorkerState
 	LEDGER_STATE_OUTDATED,		/* for the extension to be updated */
 	LEDGER_STATE_IDLE,
 	LEDGER_STATE_APPLYING,
-	LEDGER_STATE_PAUSED
+	LEDGER_STATE_PAUSED,
+	LEDGER_STATE_UNMAPPED		/* the node map gives it no account */
 } LedgerWorkerState;
 
 /* Seconds over which ledger_stats reports events per second. */
@@ -219,6 +220,9 @@ extern void ledger_require_schema(void);
 extern bool ledger_installation(int64 *base_id);
 extern void ledger_require_installation(void);
 extern bool ledger_in_cluster(void);
+
+/* node_map.c */
+extern List *ledger_unmapped_workers(int node);
 extern const char *ledger_kind_name(char kind);
 extern bool ledger_valid_currency_code(const char *code);
 extern SPIPlanPtr ledger_prepare_plan(SPIPlanPtr *plan, const char *sql,

@@ -30,6 +30,7 @@ static const char *const state_names[] = {
 	[LEDGER_STATE_IDLE] = "idle",
 	[LEDGER_STATE_APPLYING] = "applying",
 	[LEDGER_STATE_PAUSED] = "paused",
+	[LEDGER_STATE_UNMAPPED] = "serving no bucket of the node map",
 };
 
 static LedgerSharedState *

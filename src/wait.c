@@ -29,6 +29,8 @@
 static uint64 wake_mask = 0;
 /* Did the current transaction change an account's limits? */
 static bool limits_changed = false;
+/* Wake the backends in ledger_wait() when the current transaction commits? */
+static bool wake_waiters = false;
 static bool callback_registered = false;
 
 static void wake_on_commit(XactEvent event, void *arg);
@@ -105,6 +107,9 @@ wake_on_commit(XactEvent event, void *arg)
 				if (limits_changed)
 					pg_atomic_fetch_add_u64(&ledger_shared->limits_generation, 1);
 				limits_changed = false;
+				if (wake_waiters)
+					ConditionVariableBroadcast(&ledger_shared->batch_applied);
+				wake_waiters = false;
 				for (worker = 0; wake_mask != 0; worker++, wake_mask >>= 1)
 				{
 					if (wake_mask & 1)
@@ -116,6 +121,7 @@ wake_on_commit(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_ABORT:
 			wake_mask = 0;
 			limits_changed = false;
+			wake_waiters = false;
 			break;
 		default:
 			break;
@@ -162,6 +168,23 @@ ledger_wake_buckets(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/*
+ * ledger.wake_waiters() - wake the backends in ledger_wait() when the current
+ * transaction commits: for a confirmation from a payee's node, which makes
+ * an event credited without a batch of this node.
+ */
+PG_FUNCTION_INFO_V1(ledger_wake_waiters);
+Datum
+ledger_wake_waiters(PG_FUNCTION_ARGS)
+{
+	if (ledger_shared != NULL)
+	{
+		register_callback();
+		wake_waiters = true;
+	}
+	PG_RETURN_VOID();
+}
+
 /* Called by a worker after committing a batch. */
 void
 ledger_announce_batch(void)
@@ -171,12 +194,40 @@ ledger_announce_batch(void)
 }
 
 /*
+ * Has every credit this node sent for an applied event been confirmed by
+ * its payee's node?  A credit sent is a row of ledger.transit until its
+ * confirmation moves it to ledger.transit_acked; a confirmation that
+ * arrived before the row was visible waits in ledger.transit_acks.  Events
+ * without payees on other nodes have nothing to confirm.
+ */
+static bool
+credits_confirmed(int64 event_id)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			argtype = INT8OID;
+	Datum		arg = Int64GetDatum(event_id);
+
+	if (!ledger_in_cluster())
+		return true;
+	ledger_prepare_plan(&plan,
+						"SELECT FROM ledger.transit t"
+						" WHERE t.event_id = $1 AND t.source_node = ledger.node_id()"
+						"   AND NOT EXISTS (SELECT FROM ledger.transit_acks a"
+						"                    WHERE a.source_node = t.source_node AND a.id = t.id)",
+						1, &argtype);
+	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up the credits of event " INT64_FORMAT, event_id);
+	return SPI_processed == 0;
+}
+
+/*
  * The status of an event, as ledger_event_status() reports it ("pending",
  * "applied", "rejected", or NULL when unknown), and whether the calling
- * transaction itself enqueued it.
+ * transaction itself enqueued it.  With credited, an applied event whose
+ * credits to other nodes have all been received there is "credited".
  */
 static const char *
-event_status(int64 event_id, bool *own)
+event_status(int64 event_id, bool credited, bool *own)
 {
 	static SPIPlanPtr plan = NULL;
 	Oid			argtype = INT8OID;
@@ -202,7 +253,7 @@ event_status(int64 event_id, bool *own)
 	switch (DatumGetChar(SPI_getbinval(row, desc, 2, &isnull)))
 	{
 		case LEDGER_APPLIED:
-			return "applied";
+			return credited && credits_confirmed(event_id) ? "credited" : "applied";
 		case LEDGER_REJECTED:
 			return "rejected";
 	}
@@ -223,7 +274,7 @@ ledger_event_status(PG_FUNCTION_ARGS)
 	bool		own;
 
 	SPI_connect();
-	status = event_status(PG_GETARG_INT64(0), &own);
+	status = event_status(PG_GETARG_INT64(0), false, &own);
 	SPI_finish();
 
 	if (status == NULL)
@@ -232,8 +283,19 @@ ledger_event_status(PG_FUNCTION_ARGS)
 }
 
 /*
- * ledger_wait(event_id, timeout_ms) - sleep until the event is applied or
- * rejected, or the timeout passes; return its status.
+ * ledger_wait(event_id, timeout_ms, until) - sleep until the event is
+ * applied or rejected (until 'decided'), or until it is rejected or applied
+ * with every credit received (until 'credited', then reported "credited"),
+ * or the timeout passes; return its status.
+ *
+ * In a cluster, "applied" means the payer's node has debited the payer; its
+ * credits to other nodes follow by replication.  A credit is received when
+ * the payee's node has committed it to its log: from then on it can be
+ * neither lost nor refused, and that node's worker posts it in its next
+ * batch.  Here, on the payer's node, that shows as the confirmation coming
+ * back, which wakes the waiters as a batch does.  On a ledger on its own an
+ * event is applied only once its credits to other buckets are posted, so
+ * applied is credited.
  *
  * Each look at the event takes a new snapshot, so this is only useful in
  * READ COMMITTED.  An event enqueued by the waiting transaction itself
@@ -249,11 +311,25 @@ ledger_wait(PG_FUNCTION_ARGS)
 	TimestampTz deadline;
 	const char *status;
 	bool		own;
+	bool		credited = false;
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+	/* 1.6's ledger_wait() has two arguments */
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || (PG_NARGS() > 2 && PG_ARGISNULL(2)))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("event_id and timeout_ms must not be null")));
+				 errmsg("event_id, timeout_ms and until must not be null")));
+	if (PG_NARGS() > 2)
+	{
+		char	   *until = text_to_cstring(PG_GETARG_TEXT_PP(2));
+
+		if (strcmp(until, "credited") == 0)
+			credited = true;
+		else if (strcmp(until, "decided") != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid value for until: \"%s\"", until),
+					 errhint("Wait until 'decided' (applied or rejected) or 'credited' (applied, and its credits received by the payees' nodes).")));
+	}
 	event_id = PG_GETARG_INT64(0);
 	timeout_ms = PG_GETARG_INT32(1);
 	if (timeout_ms < 0)
@@ -278,8 +354,12 @@ ledger_wait(PG_FUNCTION_ARGS)
 		if (ledger_shared)
 			ConditionVariablePrepareToSleep(&ledger_shared->batch_applied);
 
-		status = event_status(event_id, &own);
-		if (status == NULL || own || strcmp(status, "pending") != 0)
+		status = event_status(event_id, credited, &own);
+		if (status == NULL || own)
+			break;
+		/* with credited, "applied" is still on its way */
+		if (strcmp(status, "pending") != 0 &&
+			!(credited && strcmp(status, "applied") == 0))
 			break;
 
 		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);

@@ -36,6 +36,13 @@
 
 static int	my_worker;
 
+/* Does the node map leave this worker without accounts, and since when? */
+static bool unmapped = false;
+static TimestampTz map_checked = 0;
+
+/* How often an idle worker of a cluster node reads the node map again. */
+#define MAP_CHECK_MS 1000
+
 static void
 release_slot(int code, Datum arg)
 {
@@ -111,6 +118,33 @@ wait_for_schema(LedgerSchema schema)
 }
 
 /*
+ * Read the node map again, at most every MAP_CHECK_MS: ledger_cluster_init()
+ * refuses a map that leaves a worker without accounts, but the map can be
+ * changed later by hand.  Said in the log once, when it starts and ends;
+ * ledger_stats shows it meanwhile.  Called inside SPI.
+ */
+static void
+check_node_map(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	bool		was = unmapped;
+
+	if (!TimestampDifferenceExceeds(map_checked, now, MAP_CHECK_MS))
+		return;
+	map_checked = now;
+	unmapped = list_member_int(ledger_unmapped_workers(ledger_node_id), my_worker);
+	if (unmapped && !was)
+		ereport(WARNING,
+				(errmsg("ledger worker %d serves no bucket of the node map", my_worker),
+				 errdetail("No cluster bucket of node %d holds an id that falls to this worker's bucket (id modulo ledger.buckets = %d).",
+						   ledger_node_id, ledger_buckets),
+				 errhint("Give each node consecutive cluster buckets, at least ledger.buckets of them, or lower ledger.buckets.")));
+	else if (was && !unmapped)
+		ereport(LOG,
+				(errmsg("ledger worker %d serves buckets of the node map again", my_worker)));
+}
+
+/*
  * Apply one batch of each served bucket.  Returns true when some bucket had
  * a full batch, so more may be waiting.
  */
@@ -154,6 +188,8 @@ apply_pass(void)
 			pgstat_report_activity(STATE_RUNNING, activity);
 			ledger_set_state(my_worker, LEDGER_STATE_APPLYING);
 			ledger_apply_batch(i, ledger_batch_size, &counts);
+			if (i == 0 && counts.read == 0 && ledger_in_cluster())
+				check_node_map();
 		}
 
 		SPI_finish();
@@ -182,7 +218,7 @@ apply_pass(void)
 		if (counts.full)
 			more = true;
 	}
-	ledger_set_state(my_worker, LEDGER_STATE_IDLE);
+	ledger_set_state(my_worker, unmapped ? LEDGER_STATE_UNMAPPED : LEDGER_STATE_IDLE);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return more;
 }

@@ -1,4 +1,4 @@
--- The upgrade path 1.0 -> 1.6 on a populated ledger, with the workers
+-- The upgrade path 1.0 -> 1.7 on a populated ledger, with the workers
 -- running and events pending across it.  The library serves its own
 -- version's schema only: it refuses to enqueue into an earlier one, and its
 -- workers wait for the update.  So the ledger of each earlier version is filled
@@ -137,6 +137,23 @@ SELECT ledger_transfer(8001, 8003, 2, 'after-upgrade');
 SELECT r.rolname, pg_has_role('ledger_operator', 'ledger_client', 'MEMBER') AS operator_is_client
   FROM pg_roles r WHERE r.rolname IN ('ledger_client', 'ledger_operator') ORDER BY 1;
 SELECT ledger_wait(:k, 30000);
+SELECT * FROM ledger_verify();
+
+-- 1.6 -> 1.7 with a transfer pending across it: the 1.7 library served
+-- the 1.6 schema until now (its two-argument ledger_wait too)
+SELECT ledger_pause(0);
+SELECT ledger_transfer(8002, 8004, 7, 'across-1.7') AS x \gset
+SELECT ledger_wait(:x, 0);
+ALTER EXTENSION ledger UPDATE TO '1.7';
+SELECT extversion FROM pg_extension WHERE extname = 'ledger';
+SELECT ledger_wait(:x, 0, 'credited');
+SELECT ledger_resume(0);
+SELECT ledger_wait(:x, 30000, until => 'credited'), ledger_event_status(:x);
+SELECT ledger_wait(:x, 0, 'settled');
+SELECT ledger_wait(:x, 0, NULL);
+-- the money of a ledger on its own: nothing in flight, and zero in all
+SELECT currency, external, customers, in_flight, external + customers + in_flight AS total
+  FROM ledger_node_money();
 SELECT * FROM ledger_verify();
 
 -- leave the database to the next test without the extension

@@ -1,7 +1,7 @@
 # A ledger over two nodes behind a proxy: three servers on one machine.
 #
-# Node 1 owns the cluster's buckets 0 and 2 (even account ids), node 2
-# buckets 1 and 3 (odd ids).  The proxy database routes the API with
+# Node 1 owns the cluster's buckets 0 and 1 (account ids 0 and 1 mod 4),
+# node 2 buckets 2 and 3; each node has two workers, both given accounts.  The proxy database routes the API with
 # ledger_proxy (PL/Proxy); the nodes carry credits to each other with
 # logical replication.  pgbench drives transfers, disbursements, deposits
 # and batches through the proxy, half of them across nodes, while each node
@@ -61,9 +61,44 @@ my @conninfo =
   map { 'host=' . $_->host . ' port=' . $_->port . ' dbname=postgres' } @nodes;
 my $nodes_sql =
   "VALUES (1, '$conninfo[0]'), (2, '$conninfo[1]')";
-my $buckets_sql = "VALUES (0, 1), (1, 2), (2, 1), (3, 2)";
+my $buckets_sql = "VALUES (0, 1), (1, 1), (2, 2), (3, 2)";
 
-for my $node (@nodes)
+# A map under which a worker of a node gets no account is refused: node 1
+# with buckets 0 and 2 of 4 would send every account to its worker 0.
+$nodes[0]->safe_psql('postgres', qq(
+CREATE EXTENSION ledger;
+INSERT INTO ledger.cluster_nodes $nodes_sql;
+INSERT INTO ledger.cluster_buckets VALUES (0, 1), (1, 2), (2, 1), (3, 2);
+));
+my ($rc, $out, $refused) = $nodes[0]->psql('postgres', 'SELECT ledger_cluster_init()');
+like($refused, qr/the node map leaves workers \{1\} of node 1 without accounts/,
+	'ledger_cluster_init() refuses a map that idles a worker');
+
+# Made by hand all the same, such a map shows in ledger_stats, and in the
+# log once, until it is mended.
+wait_for(sub {
+	$nodes[0]->safe_psql('postgres',
+		"SELECT string_agg(bucket || ':' || state, ',' ORDER BY bucket) FROM ledger_stats")
+	  eq '0:idle,1:serving no bucket of the node map';
+}, 'ledger_stats shows the worker the map leaves idle');
+sleep 3;
+my $warnings = () = slurp_file($nodes[0]->logfile)
+  =~ /ledger worker 1 serves no bucket of the node map/g;
+is($warnings, 1, 'the log says so once');
+$nodes[0]->safe_psql('postgres', qq(
+TRUNCATE ledger.cluster_buckets;
+INSERT INTO ledger.cluster_buckets $buckets_sql;
+SELECT ledger_cluster_init();
+));
+wait_for(sub {
+	$nodes[0]->safe_psql('postgres',
+		"SELECT string_agg(bucket || ':' || state, ',' ORDER BY bucket) FROM ledger_stats")
+	  eq '0:idle,1:idle';
+}, 'a mended map puts the worker back to work');
+like(slurp_file($nodes[0]->logfile),
+	qr/ledger worker 1 serves buckets of the node map again/, 'and the log says so');
+
+for my $node ($nodes[1])
 {
 	$node->safe_psql('postgres', qq(
 CREATE EXTENSION ledger;
@@ -91,13 +126,13 @@ $proxy->safe_psql('postgres',
 	"SELECT count(ledger_open_account(a)) FROM generate_series(1, $naccounts) a");
 is( $nodes[0]->safe_psql('postgres',
 		"SELECT string_agg(id::text, ',' ORDER BY id) FROM ledger.accounts WHERE id > 0"),
-	join(',', grep { $_ % 2 == 0 } 1 .. $naccounts),
-	'node 1 holds the even accounts');
+	join(',', grep { $_ % 4 < 2 } 1 .. $naccounts),
+	'node 1 holds the accounts of buckets 0 and 1');
 is( $nodes[1]->safe_psql('postgres',
 		"SELECT string_agg(id::text, ',' ORDER BY id) FROM ledger.accounts WHERE id > 0"),
-	join(',', grep { $_ % 2 == 1 } 1 .. $naccounts),
-	'node 2 holds the odd accounts');
-my ($err) = ($nodes[0]->psql('postgres', 'SELECT ledger_open_account(1001)'))[2];
+	join(',', grep { $_ % 4 >= 2 } 1 .. $naccounts),
+	'node 2 holds the accounts of buckets 2 and 3');
+my ($err) = ($nodes[0]->psql('postgres', 'SELECT ledger_open_account(1002)'))[2];
 like($err, qr/belongs to node 2/, 'a node refuses an account of another node');
 
 # each node sees the other's accounts in its directory
@@ -110,7 +145,7 @@ my @funding = split /\n/, $proxy->safe_psql('postgres',
 my %acked = map { $_ => 1 } @funding;
 
 is($proxy->safe_psql('postgres', "SELECT ledger_deposit(2, 1) >> 48"),
-	'1', 'event ids carry their node');
+	'2', 'event ids carry their node');
 
 # --------------------------------------------------------------- the load
 
@@ -273,6 +308,97 @@ my $id1 = $proxy->safe_psql('postgres', "SELECT ledger_transfer(3, 4, 5, 'retry-
 $nodes[1]->restart;
 my $id2 = $proxy->safe_psql('postgres', "SELECT ledger_transfer(3, 4, 5, 'retry-me')");
 is($id2, $id1, 'a retry through the proxy with the same key names the same event');
+
+# ------------------------------------- external accounts and the money
+
+# every node numbers its own external accounts: -1 is a different account
+# on each, and the proxy says so rather than answer for one of them
+($rc, $out, $err) = $proxy->psql('postgres', 'SELECT ledger_balance(-1)');
+like($err, qr/account -1 cannot be reached through the proxy/,
+	'the proxy refuses an external account');
+($rc, $out, $err) = $proxy->psql('postgres', 'SELECT ledger_history(0)');
+like($err, qr/account 0 cannot be reached through the proxy/,
+	'and any id up to zero');
+
+# what the cluster's money adds up to, as a client of the ledger reads it
+for my $server (@nodes, $proxy)
+{
+	$server->safe_psql('postgres', 'CREATE ROLE regress_reader LOGIN');
+}
+all_nodes('GRANT ledger_client TO regress_reader');
+wait_for(sub {
+	all_nodes("SELECT (SELECT count(*) FROM ledger.queue)
+					  + (SELECT count(*) FROM ledger.transit t
+						  WHERE t.source_node = ledger.node_id()
+							AND NOT EXISTS (SELECT FROM ledger.transit_acks a
+											 WHERE a.source_node = t.source_node
+											   AND a.id = t.id))")
+	  eq '0,0';
+}, 'the retried transfer is applied and credited');
+my $legs_sql = "SELECT coalesce(sum(amount) FILTER (WHERE account_id < 0), 0)
+					 || ',' || coalesce(sum(amount) FILTER (WHERE account_id > 0), 0)
+				  FROM ledger.transactions";
+my ($ext1, $cust1) = split /,/, $nodes[0]->safe_psql('postgres', $legs_sql);
+my ($ext2, $cust2) = split /,/, $nodes[1]->safe_psql('postgres', $legs_sql);
+is( $proxy->safe_psql('postgres',
+		'SELECT currency, external, customers, in_flight FROM ledger_cluster_money()',
+		extra_params => [ '-U', 'regress_reader' ]),
+	'XXX|' . ($ext1 + $ext2) . '|' . ($cust1 + $cust2) . '|0',
+	'ledger_cluster_money(): the external and the customers\' money of both nodes');
+cmp_ok($ext1 + $ext2, '<', 0, 'money came in from outside');
+is($ext1 + $ext2 + $cust1 + $cust2, 0, 'and the customers hold all of it');
+
+# --------------------------------------------- waiting for a credit to land
+
+# node 2 stops receiving from node 1: a transfer from 1 (node 1) to 2
+# (node 2) is applied on the payer's node, and not credited until it does
+$nodes[1]->safe_psql('postgres', 'ALTER SUBSCRIPTION ledger_from_1 DISABLE');
+my $x = $proxy->safe_psql('postgres', 'SELECT ledger_transfer(1, 2, 7)',
+	extra_params => [ '-U', 'regress_reader' ]);
+like($x, qr/^\d+$/, 'a client of the ledger transfers through the proxy');
+is($proxy->safe_psql('postgres', "SELECT ledger_wait($x, 30000)"),
+	'applied', 'a cross-node transfer is applied on the payer\'s node');
+is($proxy->safe_psql('postgres', "SELECT ledger_wait($x, 300, 'credited')"),
+	'applied', 'and not credited while the payee\'s node cannot receive it');
+is($nodes[1]->safe_psql('postgres',
+		"SELECT count(*) FROM ledger.event_log WHERE credit_of = $x"),
+	'0', 'the payee\'s node has not got it');
+$nodes[1]->safe_psql('postgres', 'ALTER SUBSCRIPTION ledger_from_1 ENABLE');
+is( $proxy->safe_psql('postgres',
+		"SELECT ledger_wait($x, 60000, until => 'credited')",
+		extra_params => [ '-U', 'regress_reader' ]),
+	'credited', 'ledger_wait(until => credited) returns once the credit landed');
+is($nodes[1]->safe_psql('postgres',
+		"SELECT count(*) FROM ledger.event_log WHERE credit_of = $x"),
+	'1', 'the payee\'s node holds the credit, once');
+is($proxy->safe_psql('postgres', "SELECT ledger_event_status($x)"),
+	'applied', 'the event\'s status is still applied');
+
+# ----------------------------------- the audit of many received credits
+
+# 3,000 transfers from node 2's accounts to node 1's: node 1 receives
+# 3,000 credits.  Its audit reads the legs a bounded number of times over,
+# not once per credit received (a scan per credit made it quadratic).
+my $received_sql = 'SELECT count(*) FROM ledger.transit WHERE target_node = 1 AND source_node = 2';
+my $received = $nodes[0]->safe_psql('postgres', $received_sql);
+$proxy->safe_psql('postgres', q{
+SELECT ledger_transfer_many(array_agg(2 + 4 * (i % 4)::bigint),
+							array_agg(1 + 4 * (i % 4)::bigint), array_agg(1::bigint))
+  FROM generate_series(1, 3000) i});
+wait_for(sub {
+	$nodes[0]->safe_psql('postgres', $received_sql) == $received + 3000
+	  && $nodes[0]->safe_psql('postgres', 'SELECT count(*) FROM ledger.queue') eq '0';
+}, 'node 1 has received and applied 3,000 credits');
+my $nlegs = $nodes[0]->safe_psql('postgres', 'SELECT count(*) FROM ledger.transactions');
+my ($problems, $read) = split /\|/, $nodes[0]->safe_psql('postgres', q{
+BEGIN;
+SELECT count(*) FROM ledger_verify() \gset
+SELECT :count, seq_tup_read + coalesce(idx_tup_fetch, 0)
+  FROM pg_stat_xact_user_tables WHERE relid = 'ledger.transactions'::regclass;
+COMMIT;});
+is($problems, '0', 'ledger_verify() on node 1 finds nothing');
+cmp_ok($read, '<=', 20 * $nlegs,
+	"its audit read the $nlegs legs a bounded number of times ($read rows)");
 
 done_testing();
 
