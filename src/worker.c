@@ -259,6 +259,21 @@ ledger_worker_main(Datum main_arg)
 	 * database's settings say.
 	 */
 	SetConfigOption("search_path", "pg_catalog", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * Whatever else ALTER DATABASE ... SET gives the database's sessions, a
+	 * batch is a short read-write transaction in READ COMMITTED (its reads
+	 * are by snapshot, and a serializable one would only add predicate
+	 * locks and failures), it may wait for a lock a client holds as long as
+	 * the client holds it, and it is never idle: a timeout or a read-only
+	 * default would fail every batch, and the worker would restart forever.
+	 */
+	SetConfigOption("default_transaction_isolation", "read committed",
+					PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("idle_in_transaction_session_timeout", "0", PGC_SUSET, PGC_S_OVERRIDE);
 	snprintf(name, sizeof(name), "ledger bucket worker %d", my_worker);
 	pgstat_report_appname(name);
 
