@@ -196,3 +196,46 @@ REVOKE ALL ON FUNCTION ledger_node_money() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION ledger_node_money() TO ledger_client;
 
 REVOKE ALL ON FUNCTION ledger.wake_waiters(), ledger.unmapped_workers(integer) FROM PUBLIC;
+
+/*
+ * ledger_stats shows a worker's errors: how many passes in a row failed
+ * (the worker waits longer after each before it tries again), and the last
+ * error's message and time.
+ */
+DROP VIEW ledger_stats;
+DROP FUNCTION ledger_worker_stats();
+CREATE FUNCTION ledger_worker_stats(OUT bucket integer, OUT pid integer,
+									OUT state text, OUT paused boolean,
+									OUT events_applied bigint,
+									OUT events_rejected bigint,
+									OUT credits_applied bigint,
+									OUT batches bigint,
+									OUT last_batch_ms float8,
+									OUT avg_batch_ms float8,
+									OUT last_batch_size integer,
+									OUT avg_batch_size float8,
+									OUT last_batch_at timestamptz,
+									OUT events_per_second float8,
+									OUT failures integer,
+									OUT last_error text,
+									OUT last_error_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'ledger_worker_stats'
+LANGUAGE C VOLATILE STRICT;
+REVOKE ALL ON FUNCTION ledger_worker_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION ledger_worker_stats() TO ledger_client;
+
+CREATE VIEW ledger_stats AS
+	SELECT s.bucket, s.pid, s.state, s.paused,
+		   s.events_applied, s.events_rejected, s.credits_applied,
+		   s.batches, s.last_batch_ms, s.avg_batch_ms, s.last_batch_size,
+		   s.avg_batch_size, s.last_batch_at, s.events_per_second,
+		   q.pending, q.lag, s.failures, s.last_error, s.last_error_at
+	  FROM @extschema@.ledger_worker_stats() s
+	  LEFT JOIN LATERAL
+		   (SELECT pg_catalog.count(*) AS pending,
+				   pg_catalog.now() - pg_catalog.min(q.enqueued_at) AS lag
+			  FROM ledger.queue q
+			 WHERE q.bucket % pg_catalog.current_setting('ledger.buckets')::integer = s.bucket) q
+		ON true;
+GRANT SELECT ON ledger_stats TO ledger_client;

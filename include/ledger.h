@@ -145,8 +145,12 @@ typedef enum LedgerWorkerState
 	LEDGER_STATE_IDLE,
 	LEDGER_STATE_APPLYING,
 	LEDGER_STATE_PAUSED,
-	LEDGER_STATE_UNMAPPED		/* the node map gives it no account */
+	LEDGER_STATE_UNMAPPED,		/* the node map gives it no account */
+	LEDGER_STATE_BACKOFF		/* waiting to try again after an error */
 } LedgerWorkerState;
+
+/* How much of a worker's last error ledger_stats shows. */
+#define LEDGER_ERROR_LEN	256
 
 /* Seconds over which ledger_stats reports events per second. */
 #define LEDGER_RATE_SECONDS	60
@@ -180,6 +184,15 @@ typedef struct LedgerWorkerSlot
 	bool		paused;
 	LedgerWorkerState state;
 	LedgerWorkerStats stats;
+
+	/*
+	 * Errors: how many passes in a row failed (each ends the worker, and the
+	 * next one waits longer before it tries), and the last one's message.
+	 * Kept across the worker's restarts, not the server's.
+	 */
+	int			failures;
+	TimestampTz failed_at;
+	char		error[LEDGER_ERROR_LEN];
 } LedgerWorkerSlot;
 
 /* The spam guard's counters of pending events (guard.c): 512 kB. */

@@ -31,6 +31,7 @@ static const char *const state_names[] = {
 	[LEDGER_STATE_APPLYING] = "applying",
 	[LEDGER_STATE_PAUSED] = "paused",
 	[LEDGER_STATE_UNMAPPED] = "serving no bucket of the node map",
+	[LEDGER_STATE_BACKOFF] = "retrying after an error",
 };
 
 static LedgerSharedState *
@@ -114,8 +115,11 @@ ledger_worker_stats(PG_FUNCTION_ARGS)
 		LedgerWorkerState state;
 		pid_t		pid;
 		bool		paused;
-		Datum		values[14];
-		bool		nulls[14] = {0};
+		int			failures;
+		TimestampTz failed_at;
+		char		error[LEDGER_ERROR_LEN];
+		Datum		values[17];
+		bool		nulls[17] = {0};
 		uint64		recent = 0;
 		int			i;
 
@@ -124,6 +128,9 @@ ledger_worker_stats(PG_FUNCTION_ARGS)
 		state = slot->state;
 		pid = slot->pid;
 		paused = slot->paused;
+		failures = slot->failures;
+		failed_at = slot->failed_at;
+		memcpy(error, slot->error, LEDGER_ERROR_LEN);
 		SpinLockRelease(&slot->mutex);
 
 		/* the last full minute: the current second is still counting */
@@ -148,6 +155,12 @@ ledger_worker_stats(PG_FUNCTION_ARGS)
 		values[12] = TimestampTzGetDatum(stats.last_batch_at);
 		nulls[12] = stats.last_batch_at == 0;
 		values[13] = Float8GetDatum((double) recent / LEDGER_RATE_SECONDS);
+		/* 1.7's columns: a 1.6 schema's function has the others only */
+		values[14] = Int32GetDatum(failures);
+		values[15] = CStringGetTextDatum(error);
+		nulls[15] = error[0] == '\0';
+		values[16] = TimestampTzGetDatum(failed_at);
+		nulls[16] = failed_at == 0;
 		nulls[8] = nulls[9] = nulls[10] = nulls[11] = stats.batches == 0;
 
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);

@@ -30,6 +30,7 @@
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
 #include "ledger.h"
@@ -69,6 +70,82 @@ claim_slot(void)
 	slot->state = LEDGER_STATE_IDLE;
 	SpinLockRelease(&slot->mutex);
 	before_shmem_exit(release_slot, (Datum) 0);
+}
+
+/*
+ * A pass failed: note it in the slot, for ledger_stats and for the next
+ * worker's wait.  The error then ends this worker as before; its
+ * transaction is rolled back, and the next worker starts from the bucket's
+ * newest batch, with nothing cached from this one.
+ */
+static void
+record_failure(void)
+{
+	LedgerWorkerSlot *slot = &ledger_shared->workers[my_worker];
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	ErrorData  *edata = CopyErrorData();
+
+	MemoryContextSwitchTo(old);
+	SpinLockAcquire(&slot->mutex);
+	slot->failures++;
+	slot->failed_at = GetCurrentTimestamp();
+	strlcpy(slot->error, edata->message ? edata->message : "", LEDGER_ERROR_LEN);
+	SpinLockRelease(&slot->mutex);
+}
+
+/*
+ * After errors in a row, wait before trying again: the postmaster's five
+ * seconds after the first, then ten, twenty, forty, and a minute from the
+ * fifth on, counted from the last error.  An error that comes back at every
+ * try (a full disk, a broken setting) so costs a log line a minute, not a
+ * spinning worker; ledger_stats shows it meanwhile.  Returns whether errors
+ * came before this worker.
+ */
+static bool
+back_off(void)
+{
+	LedgerWorkerSlot *slot = &ledger_shared->workers[my_worker];
+	int			failures;
+	TimestampTz failed_at;
+	long		wait_ms;
+
+	SpinLockAcquire(&slot->mutex);
+	failures = slot->failures;
+	failed_at = slot->failed_at;
+	SpinLockRelease(&slot->mutex);
+	if (failures == 0)
+		return false;
+	if (failures < 2)
+		return true;
+
+	wait_ms = Min(5000L << Min(failures - 1, 4), 60000L);
+	ledger_set_state(my_worker, LEDGER_STATE_BACKOFF);
+	for (;;)
+	{
+		long		remaining;
+
+		remaining = wait_ms - TimestampDifferenceMilliseconds(failed_at,
+															  GetCurrentTimestamp());
+		if (remaining <= 0)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 remaining, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	ledger_set_state(my_worker, LEDGER_STATE_IDLE);
+	return true;
+}
+
+/* A pass went through: the errors before it are over. */
+static void
+clear_failures(void)
+{
+	LedgerWorkerSlot *slot = &ledger_shared->workers[my_worker];
+
+	SpinLockAcquire(&slot->mutex);
+	slot->failures = 0;
+	SpinLockRelease(&slot->mutex);
 }
 
 static void
@@ -228,6 +305,7 @@ ledger_worker_main(Datum main_arg)
 {
 	char		name[BGW_MAXLEN];
 	bool		delta_open = false;
+	bool		failed;
 
 	my_worker = DatumGetInt32(main_arg);
 
@@ -236,6 +314,7 @@ ledger_worker_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 
 	claim_slot();
+	failed = back_off();
 	BackgroundWorkerInitializeConnection(ledger_database, NULL, 0);
 
 	/*
@@ -280,6 +359,7 @@ ledger_worker_main(Datum main_arg)
 	for (;;)
 	{
 		uint64		wakeups;
+		bool		more;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -298,7 +378,22 @@ ledger_worker_main(Datum main_arg)
 		 */
 		wakeups = pg_atomic_read_u64(&ledger_shared->workers[my_worker].wakeups);
 		pg_memory_barrier();
-		if (apply_pass())
+		PG_TRY();
+		{
+			more = apply_pass();
+		}
+		PG_CATCH();
+		{
+			record_failure();
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		if (failed)
+		{
+			clear_failures();
+			failed = false;
+		}
+		if (more)
 		{
 			delta_open = true;
 			continue;
