@@ -38,6 +38,7 @@ show_diffs() {
 suite "pg_regress" as_pg make -C "$TOP" -s installcheck-regress || show_diffs || true
 suite "bench (quick)" bash "$TOP/bench/run.sh" --quick || true
 suite "cluster bench (quick)" bash "$TOP/bench/cluster.sh" --quick || true
+suite "cluster setup" bash "$TOP/test/cluster-setup/run.sh" || true
 suite "http" bash "$TOP/test/http/run.sh" || true
 suite "isolation" as_pg make -C "$TOP" -s installcheck-isolation || show_diffs || true
 suite "tap" as_pg make -C "$TOP" -s installcheck-tap || true
