@@ -2,7 +2,8 @@
 # can happen to a server: settings reloaded, a worker terminated, a worker
 # killed (crash recovery), the postmaster killed, an immediate shutdown in
 # the middle of a large batch, and DROP EXTENSION / CREATE EXTENSION, with a
-# streaming standby following the primary all along.
+# streaming standby following the primary all along; at last the primary
+# killed under load, and the standby, synchronous by then, promoted.
 #
 # The load is pgbench running a script that makes deposits, withdrawals,
 # transfers within and across buckets (some with idempotency keys, some
@@ -511,6 +512,30 @@ $primary->log_check('drop and create', $log_offset,
 wait_for_workers($primary, 'create');
 check_standby('standby after create');
 
+# Failover to a synchronous standby.  The primary acknowledges a commit
+# only once the standby has flushed it, so nothing acknowledged is lost when
+# the primary dies under load; the standby, promoted, starts the workers by
+# itself (the log's transaction ids run on from the primary's) and the load
+# goes on against it.
+$primary->append_conf('postgresql.conf', "synchronous_standby_names = '*'");
+$primary->reload;
+ok( $primary->poll_query_until(
+		'postgres', "SELECT sync_state FROM pg_stat_replication", 'sync'),
+	'failover: the standby is synchronous');
+$load = start_load($primary, 8, 100000);
+wait_for_acks($load, 300);
+@pids = server_pids($primary);
+$primary->kill9;
+finish_load($load);
+$may_be_unacked += 2 * $nclients;
+wait_for_exit(@pids);
+collect_acks($load);
+$standby->promote;
+wait_for_workers($standby, 'failover');
+$load = start_load($standby, 9, 200);
+ok(finish_load($load), 'failover: pgbench ran all its transactions on the new primary');
+collect_acks($load);
+check_ledger($standby, 'failover');
+
 $standby->stop;
-$primary->stop;
 done_testing();
