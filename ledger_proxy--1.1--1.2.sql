@@ -6,6 +6,7 @@
  *   different account on every node and no routing could be right.
  *   ledger_cluster_money() gives the cluster's external money instead.
  * - ledger_wait(..., until => 'credited').
+ * - ledger_proxy.config: PL/Proxy's connection settings (timeouts).
  * - Any role may call through the proxy, as the README always said: until
  *   1.2 only a superuser could, the routing reading the node map in a
  *   schema no one else may use.  The nodes decide, since the proxy connects
@@ -47,7 +48,33 @@ ALTER FUNCTION ledger_proxy.node_buckets() SECURITY DEFINER;
 ALTER FUNCTION ledger_proxy.bucket_node(integer) SECURITY DEFINER;
 ALTER FUNCTION plproxy.get_cluster_version(text) SECURITY DEFINER;
 ALTER FUNCTION plproxy.get_cluster_partitions(text) SECURITY DEFINER;
-ALTER FUNCTION plproxy.get_cluster_config(text) SECURITY DEFINER;
+
+/*
+ * PL/Proxy's settings for its connections to the nodes, a row each (keys
+ * as PL/Proxy's documentation gives them: query_timeout, keepalive_idle,
+ * ...); connection_lifetime is an hour unless set here.  A query_timeout
+ * makes a call to a node cut off by the network fail after that many
+ * seconds instead of waiting for TCP to give up; connect_timeout goes in
+ * the nodes' connection strings.
+ */
+CREATE TABLE ledger_proxy.config (
+	key				text PRIMARY KEY,
+	val				text NOT NULL
+);
+SELECT pg_catalog.pg_extension_config_dump('ledger_proxy.config', '');
+CREATE TRIGGER map_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+	ON ledger_proxy.config FOR EACH STATEMENT EXECUTE FUNCTION ledger_proxy.map_changed();
+
+CREATE OR REPLACE FUNCTION plproxy.get_cluster_config(IN cluster_name text,
+													 OUT key text, OUT val text)
+RETURNS SETOF record
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
+$$
+	SELECT 'connection_lifetime'::text, '3600'::text
+	 WHERE NOT EXISTS (SELECT FROM ledger_proxy.config c WHERE c.key = 'connection_lifetime')
+	UNION ALL
+	SELECT c.key, c.val FROM ledger_proxy.config c
+$$;
 
 /* As in 1.0, grouping the transfers by node through the routing functions. */
 CREATE OR REPLACE FUNCTION ledger_transfer_many(from_accounts bigint[],
