@@ -151,6 +151,40 @@ END
 $$;
 
 /*
+ * Move the credits sent whose confirmation arrived to transit_acked, each
+ * by its key.  ledger.transit also keeps every credit this node received,
+ * for good: the join 1.3 made read it whole at every confirmation, so a
+ * node's confirmations cost more the more it had received.
+ */
+CREATE OR REPLACE FUNCTION ledger.move_acked() RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
+$$
+DECLARE
+	a		record;
+	moved	bigint := 0;
+BEGIN
+	FOR a IN SELECT k.source_node, k.id FROM ledger.transit_acks k LOOP
+		WITH m AS (
+			DELETE FROM ledger.transit t
+			 WHERE t.source_node = a.source_node AND t.id = a.id
+			RETURNING t.*
+		)
+		INSERT INTO ledger.transit_acked
+		SELECT m.source_node, m.id, m.target_node, m.event_id, m.payer, m.currency,
+			   m.to_accounts, m.amounts, m.amount, m.created_at, pg_catalog.now()
+		  FROM m;
+		-- a confirmation can come before its row is visible: it waits
+		IF FOUND THEN
+			DELETE FROM ledger.transit_acks k
+			 WHERE k.source_node = a.source_node AND k.id = a.id;
+			moved := moved + 1;
+		END IF;
+	END LOOP;
+	RETURN moved;
+END
+$$;
+
+/*
  * ledger_wait() learns what to wait for: 'decided' (applied or rejected, as
  * before) or 'credited' (applied, and every credit to a payee on another
  * node received there: the payee's node has confirmed it).
