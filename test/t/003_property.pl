@@ -87,7 +87,9 @@
 # few times.  A spender pays only spenders of its own bucket and the
 # sinks, and a sink never pays: so every leg of a spender is posted by its
 # bucket's worker while deciding an event of that bucket, and the order in
-# which that worker decided is known: by batch (applied_at), then by id.
+# which that worker decided is known: by batch (applied_at), then by the
+# enqueuing transaction's id, then by id (a transaction that took its event
+# ids first may have got its transaction id second).
 # The model replays each bucket's EUR events in that order and predicts
 # each one's outcome exactly (applied, or rejected and why: open holds
 # count against the daily limit, and what the bucket owes against the
@@ -2012,8 +2014,9 @@ foreach my $line (split(/\n/, $node->safe_psql(
 SELECT id, kind, account_id, COALESCE(to_account::text, ''), amount,
 	   COALESCE(to_accounts::text, ''), COALESCE(amounts::text, ''),
 	   COALESCE(hold_id::text, ''), CASE WHEN expires_at IS NULL THEN 'f' ELSE 't' END,
-	   status, COALESCE(reason, ''), (extract(epoch FROM applied_at) * 1000000)::bigint
-  FROM ledger.events ORDER BY id})))
+	   status, COALESCE(reason, ''), (extract(epoch FROM applied_at) * 1000000)::bigint,
+	   (SELECT l.txid FROM ledger.event_log l WHERE l.id = e.id)
+  FROM ledger.events e ORDER BY id})))
 {
 	my @f = split(/\|/, $line, -1);
 	$event{ $f[0] } = {
@@ -2028,7 +2031,8 @@ SELECT id, kind, account_id, COALESCE(to_account::text, ''), amount,
 		hold    => $f[7],
 		status  => $f[9],
 		reason  => $f[10],
-		at      => $f[11] };
+		at      => $f[11],
+		txid    => $f[12] };
 }
 foreach my $line (split(/\n/, $node->safe_psql('postgres',
 	'SELECT id, allow_negative, bucket, ledger_balance(id), currency, ledger_available(id) FROM ledger.accounts')))
@@ -2540,7 +2544,7 @@ sub euro_apply
 my @euro_problems;
 foreach my $bucket (0, 1)
 {
-	foreach my $e (sort { $a->{at} <=> $b->{at} || $a->{id} <=> $b->{id} }
+	foreach my $e (sort { $a->{at} <=> $b->{at} || $a->{txid} <=> $b->{txid} || $a->{id} <=> $b->{id} }
 		grep { is_modelled($_->{account}) && $account{ $_->{account} }{bucket} == $bucket } values %event)
 	{
 		my @limits = limits_then($e->{account}, $e->{at});
