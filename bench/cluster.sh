@@ -148,7 +148,7 @@ SERVERS=()
 
 progress "c. the proxy and two nodes"
 MAP_NODES="VALUES (1, '$(conninfo node1 "$P")'), (2, '$(conninfo node2 "$((P + 1))")')"
-MAP_BUCKETS="VALUES (0, 1), (1, 2)"
+MAP_BUCKETS="VALUES (0, 1), (1, 1), (2, 2), (3, 2)"
 node node1 "$P" 1
 node node2 "$((P + 1))" 2
 psql_at node1 "$P" -c "CREATE SUBSCRIPTION ledger_from_2 CONNECTION '$(conninfo node2 "$((P + 1))")' PUBLICATION ledger_cluster" 2>/dev/null
