@@ -219,16 +219,7 @@ for my $id (split /\s+/, slurp_file($ackfile))
 }
 cmp_ok(scalar(keys %acked), '>', 500, 'the load was acknowledged many events');
 
-# quiet: no queue entries, no credit sent and unconfirmed, on both nodes
-wait_for(sub {
-	all_nodes("SELECT (SELECT count(*) FROM ledger.queue)
-					  + (SELECT count(*) FROM ledger.transit t
-						  WHERE t.source_node = ledger.node_id()
-							AND NOT EXISTS (SELECT FROM ledger.transit_acks a
-											 WHERE a.source_node = t.source_node
-											   AND a.id = t.id))")
-	  eq '0,0';
-}, 'every queue drains and every credit sent is confirmed');
+wait_for(\&quiet, 'every queue drains and every credit sent is confirmed');
 # confirmations that arrived before their rows were visible are kept, and
 # their rows moved by the next confirmation; move the last ones now
 all_nodes("SELECT ledger.move_acked()");
@@ -326,15 +317,7 @@ for my $server (@nodes, $proxy)
 	$server->safe_psql('postgres', 'CREATE ROLE regress_reader LOGIN');
 }
 all_nodes('GRANT ledger_client TO regress_reader');
-wait_for(sub {
-	all_nodes("SELECT (SELECT count(*) FROM ledger.queue)
-					  + (SELECT count(*) FROM ledger.transit t
-						  WHERE t.source_node = ledger.node_id()
-							AND NOT EXISTS (SELECT FROM ledger.transit_acks a
-											 WHERE a.source_node = t.source_node
-											   AND a.id = t.id))")
-	  eq '0,0';
-}, 'the retried transfer is applied and credited');
+wait_for(\&quiet, 'the retried transfer is applied and credited');
 my $legs_sql = "SELECT coalesce(sum(amount) FILTER (WHERE account_id < 0), 0)
 					 || ',' || coalesce(sum(amount) FILTER (WHERE account_id > 0), 0)
 				  FROM ledger.transactions";
@@ -403,6 +386,18 @@ cmp_ok($read, '<=', 20 * $nlegs,
 done_testing();
 
 # ---------------------------------------------------------------- helpers
+
+# Quiet: no queue entries, no credit sent and unconfirmed, on both nodes.
+sub quiet
+{
+	return all_nodes("SELECT (SELECT count(*) FROM ledger.queue)
+							 + (SELECT count(*) FROM ledger.transit t
+								 WHERE t.source_node = ledger.node_id()
+								   AND NOT EXISTS (SELECT FROM ledger.transit_acks a
+													WHERE a.source_node = t.source_node
+													  AND a.id = t.id))")
+	  eq '0,0';
+}
 
 # The results of a query on both nodes, joined by commas.
 sub all_nodes
