@@ -6,7 +6,8 @@
 #
 # One server (two buckets).  pgbench enqueues deposits, withdrawals,
 # transfers within and across buckets (some with idempotency keys),
-# disbursements, transfer_many pairs and two-event transactions; after a
+# disbursements, transfer_many pairs, holds posted or voided and two-event
+# transactions; after a
 # call's commit it appends the ids it got to a file: those are
 # acknowledged.  A pgbench that loses its server is started again until the
 # time is up.  Every 1 to 5 s (drawn from the seed) one fault:
@@ -109,7 +110,7 @@ cat >"$DIR.load.sql" <<'EOS'
 \set a random(1, 300)
 \set b random(1, 300)
 \set key random(1, 1000000000)
-\set op random(1, 20)
+\set op random(1, 22)
 \if :op <= 4
 SELECT ledger_deposit(:p, :a + 200) AS id \gset
 \shell echo :id >> :ackfile
@@ -128,6 +129,14 @@ SELECT ledger_disburse(:p, ARRAY[:q, :r]::bigint[], ARRAY[:a, :b]::bigint[]) AS 
 \elif :op <= 18
 SELECT array_to_string(ledger_transfer_many(ARRAY[:p, :q]::bigint[], ARRAY[:q, :r]::bigint[], ARRAY[:a, :b]::bigint[]), ' ') AS ids \gset
 \shell echo :ids >> :ackfile
+\elif :op <= 20
+SELECT ledger_hold(:p, :q, :a) AS id \gset
+SELECT ledger_post(:id) AS id2 \gset
+\shell echo :id :id2 >> :ackfile
+\elif :op <= 21
+SELECT ledger_hold(:p, :q, :a) AS id \gset
+SELECT ledger_void(:id) AS id2 \gset
+\shell echo :id :id2 >> :ackfile
 \else
 BEGIN;
 SELECT ledger_transfer(:q, :p, :a) AS id \gset
@@ -229,14 +238,17 @@ audit() {
 		  FROM ledger.events WHERE status NOT IN ('a', 'r')
 		UNION ALL
 		SELECT 'rejections for no known reason', count(*)
-		  FROM ledger.events WHERE status = 'r' AND reason NOT IN ('insufficient_funds', 'overflow')
+		  FROM ledger.events
+		 WHERE status = 'r'
+		   AND reason NOT IN ('insufficient_funds', 'overflow', 'hold_rejected', 'hold_posted',
+							  'hold_voided', 'exceeds_hold')
 		UNION ALL
 		SELECT 'accounts with two legs of one event', count(*) FROM legs WHERE n > 1
 		UNION ALL
 		SELECT 'events with the wrong number of legs', count(*)
 		  FROM ledger.events e
 		  LEFT JOIN (SELECT event_id, sum(n) AS n FROM legs GROUP BY event_id) l ON l.event_id = e.id
-		 WHERE COALESCE(l.n, 0) <> CASE WHEN e.status = 'r' THEN 0
+		 WHERE COALESCE(l.n, 0) <> CASE WHEN e.status = 'r' OR e.kind IN ('h', 'v') THEN 0
 										WHEN e.kind = 's' THEN 1 + cardinality(e.to_accounts)
 										ELSE 2 END
 		UNION ALL
