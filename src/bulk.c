@@ -27,6 +27,7 @@
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "nodes/execnodes.h"
+#include "nodes/pg_list.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 
@@ -40,7 +41,8 @@
  * tuple descriptor in the resource owner, which costs more than building
  * the row.  They use a private copy of the table's descriptor, which no
  * resource owner tracks, and are dropped with the rest of the cache when the
- * extension is dropped.
+ * extension is dropped.  There is one pool per table a worker writes: a
+ * handful, fewer than ten, so a list is searched.
  */
 typedef struct SlotPool
 {
@@ -49,8 +51,7 @@ typedef struct SlotPool
 	TupleTableSlot *slots[BULK_MAX_ROWS];
 } SlotPool;
 
-#define MAX_POOLS	8
-static SlotPool *pools[MAX_POOLS];
+static List *pools = NIL;
 
 struct BulkInsert
 {
@@ -67,37 +68,43 @@ static SlotPool *
 slot_pool(Relation rel)
 {
 	MemoryContext oldcxt;
-	int			i;
+	SlotPool   *pool;
+	ListCell   *lc;
 
-	for (i = 0; i < MAX_POOLS && pools[i]; i++)
-		if (pools[i]->relid == RelationGetRelid(rel))
-			return pools[i];
-	if (i == MAX_POOLS)
-		elog(ERROR, "ledger writes to more tables than it has slots for");
+	foreach(lc, pools)
+	{
+		pool = lfirst(lc);
+		if (pool->relid == RelationGetRelid(rel))
+			return pool;
+	}
 
 	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
-	pools[i] = palloc0(sizeof(SlotPool));
-	pools[i]->relid = RelationGetRelid(rel);
-	pools[i]->desc = CreateTupleDescCopy(RelationGetDescr(rel));
+	pool = palloc0(sizeof(SlotPool));
+	pool->relid = RelationGetRelid(rel);
+	pool->desc = CreateTupleDescCopy(RelationGetDescr(rel));
+	pools = lappend(pools, pool);
 	MemoryContextSwitchTo(oldcxt);
-	return pools[i];
+	return pool;
 }
 
 /* Forget the slots: the tables they were made for may be gone. */
 void
 ledger_bulk_reset(void)
 {
-	int			i;
+	ListCell   *lc;
 	int			j;
 
-	for (i = 0; i < MAX_POOLS && pools[i]; i++)
+	foreach(lc, pools)
 	{
-		for (j = 0; j < BULK_MAX_ROWS && pools[i]->slots[j]; j++)
-			ExecDropSingleTupleTableSlot(pools[i]->slots[j]);
-		FreeTupleDesc(pools[i]->desc);
-		pfree(pools[i]);
-		pools[i] = NULL;
+		SlotPool   *pool = lfirst(lc);
+
+		for (j = 0; j < BULK_MAX_ROWS && pool->slots[j]; j++)
+			ExecDropSingleTupleTableSlot(pool->slots[j]);
+		FreeTupleDesc(pool->desc);
+		pfree(pool);
 	}
+	list_free(pools);
+	pools = NIL;
 }
 
 BulkInsert *

@@ -1,12 +1,13 @@
 # A ledger over two nodes behind a proxy: three servers on one machine.
 #
 # Node 1 owns the cluster's buckets 0 and 1 (account ids 0 and 1 mod 4),
-# node 2 buckets 2 and 3; each node has two workers, both given accounts.  The proxy database routes the API with
-# ledger_proxy (PL/Proxy); the nodes carry credits to each other with
-# logical replication.  pgbench drives transfers, disbursements, deposits
-# and batches through the proxy, half of them across nodes, while each node
-# in turn is killed with SIGKILL and restarted.  Every call whose answer
-# reached the client appended its event ids to a file: those are
+# node 2 buckets 2 and 3; each node has two workers, both given accounts.
+# The proxy database routes the API with ledger_proxy (PL/Proxy); the nodes
+# carry credits to each other with logical replication.  pgbench drives
+# transfers, disbursements, deposits, batches and holds (posted or voided)
+# through the proxy, half of them across nodes, while each node in turn is
+# killed with SIGKILL and restarted.  Every call whose answer reached the
+# client appended its event ids to a file: those are
 # acknowledged.  Once all queues are empty and every credit sent has been
 # confirmed:
 #  - every acknowledged event exists on its node (the top bits of its id),
@@ -158,15 +159,21 @@ append_to_file($script, <<'EOS');
 \set a random(1, 500)
 \set b random(1, 500)
 \set key random(1, 1000000000)
-\set op random(1, 10)
+\set op random(1, 12)
 \if :op <= 5
 SELECT ledger_transfer(:p, :q, :a, 'load-' || :phase || '-' || :key) AS ids \gset
 \elif :op <= 7
 SELECT ledger_disburse(:p, ARRAY[:q, :r]::bigint[], ARRAY[:a, :b]::bigint[]) AS ids \gset
 \elif :op <= 8
 SELECT ledger_deposit(:p, :a) AS ids \gset
-\else
+\elif :op <= 10
 SELECT array_to_string(ledger_transfer_many(ARRAY[:p, :q]::bigint[], ARRAY[:q, :r]::bigint[], ARRAY[:a, :b]::bigint[]), ' ') AS ids \gset
+\elif :op <= 11
+SELECT ledger_hold(:p, :q, :a) AS h \gset
+SELECT :h || ' ' || ledger_post(:h) AS ids \gset
+\else
+SELECT ledger_hold(:p, :q, :a) AS h \gset
+SELECT :h || ' ' || ledger_void(:h) AS ids \gset
 \endif
 \shell echo :ids >> :ackfile
 EOS
@@ -268,7 +275,10 @@ for my $i (0, 1)
 		"SELECT id, kind, status FROM ledger.events"))
 	{
 		my ($id, $kind, $status) = split /\|/, $row;
-		my $want = $status eq 'r' ? 0 : $kind eq 's' ? 3 : 2;
+		my $want =
+			($status eq 'r' || $kind eq 'h' || $kind eq 'v') ? 0
+		  : $kind eq 's' ? 3
+		  : 2;
 		my $have = exists $legs{$id} ? scalar(keys %{ $legs{$id} }) : 0;
 		$short++ if $have != $want;
 	}
