@@ -7,8 +7,11 @@
 # host forwards between them), and a proxy on this host.  Node 1 owns the
 # cluster's buckets 0 and 1, node 2 buckets 2 and 3.  Clients call the
 # proxy, each call with an idempotency key of its own: transfers across
-# the nodes both ways, within a node, and disbursements to a payee on each
-# node.  A call that fails is tried again with the same key until it gets an
+# the nodes both ways and within a node, disbursements to a payee on each
+# node, deposits, withdrawals, holds across the nodes posted or voided.
+# Half the clients pay from either node, the other half from node 1 only,
+# so that some go on during the cut.  A call that fails is tried again with
+# the same key until it gets an
 # id.  Fifteen seconds in, node 2's link goes down for 30 s: the proxy's
 # calls to node 2 must fail cleanly (a connection error or the proxy's
 # query timeout, not a hang), node 1 goes on debiting its payers for node
@@ -16,7 +19,7 @@
 # back, with no other step: the credits land, each once; every call got its
 # id; and the audit holds:
 #  - every acknowledged event exists once, on the node its id names,
-#    applied or rejected, and its key names it;
+#    applied or rejected, and its key names it; every kind was applied;
 #  - no account has two legs of one event, on either node;
 #  - every credit one node sent the other received once, and confirmed;
 #  - ledger_verify_cluster() finds nothing; ledger_cluster_money() sums to
@@ -167,41 +170,61 @@ setup() {
 	return 1
 }
 
-# An account of node N (1 or 2): ids 0 and 1 mod 4 are node 1's.
-account_of() { echo $(((RANDOM % (NACCOUNTS / 4)) * 4 + ($1 - 1) * 2 + RANDOM % 2 + 1)); }
+# An account of node N (1 or 2), from 4 to NACCOUNTS - 1: ids 0 and 1 mod 4
+# are node 1's, 2 and 3 node 2's.
+account_of() { echo $(((RANDOM % (NACCOUNTS / 4 - 1) + 1) * 4 + ($1 - 1) * 2 + RANDOM % 2)); }
 
-# client C END: calls until END (epoch seconds), each retried with its key
-# until it gets an id; appends "id key" to acked-C, and each failed try's
-# error to errors-C.
+# call C KEY SQL: SQL through the proxy, tried again with the same KEY
+# until it returns an id; "id key" goes to acked-C and each failed try's
+# error to errors-C.  Prints the id.
+call() {
+	local c=$1 key=$2 sql=$3 id
+	echo "$key" >>"$ROOT/keys-$c"
+	for _ in $(seq 1 600); do
+		id=$(timeout 30 psql -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -X -q -At \
+			-c "$sql" 2>>"$ROOT/errors-$c")
+		if [[ "$id" =~ ^[0-9]+$ ]]; then
+			echo "$id $key" >>"$ROOT/acked-$c"
+			echo "$id"
+			return 0
+		fi
+		sleep 0.5
+	done
+	return 1
+}
+
+# another account of the node of account P
+neighbour() { echo $(($1 + 4 > NACCOUNTS ? $1 - 4 : $1 + 4)); }
+
+# client C END: calls of every kind until END (epoch seconds), each with a
+# key of its own; odd clients pay from node 1 only
 client() {
-	local c=$1 end=$2 n=0 p q r sql id key node other
+	local c=$1 end=$2 n=0 p q r a id key node other
 	while [ "$(date +%s)" -lt "$end" ]; do
 		n=$((n + 1))
 		key="c$c-$n"
-		node=$((RANDOM % 2 + 1))
+		node=$((c % 2 == 1 ? 1 : RANDOM % 2 + 1))
 		other=$((3 - node))
 		p=$(account_of "$node")
-		case $((RANDOM % 4)) in
-		0 | 1) q=$(account_of "$other")
-			sql="SELECT ledger_transfer($p, $q, $((RANDOM % 50 + 1)), '$key')" ;;
-		2) q=$(account_of "$node")
-			[ "$q" = "$p" ] && q=$((p % NACCOUNTS + 4 > NACCOUNTS ? p - 4 : p + 4))
-			sql="SELECT ledger_transfer($p, $q, $((RANDOM % 50 + 1)), '$key')" ;;
-		3) q=$(account_of "$other")
-			r=$(account_of "$node")
-			[ "$r" = "$p" ] && r=$((p + 4 > NACCOUNTS ? p - 4 : p + 4))
-			sql="SELECT ledger_disburse($p, ARRAY[$q, $r]::bigint[], ARRAY[7, 3]::bigint[], '$key')" ;;
+		a=$((RANDOM % 50 + 1))
+		case $((RANDOM % 8)) in
+		0 | 1 | 2) q=$(account_of "$other")
+			call "$c" "$key" "SELECT ledger_transfer($p, $q, $a, '$key')" >/dev/null ;;
+		3) q=$(neighbour "$p")
+			call "$c" "$key" "SELECT ledger_transfer($p, $q, $a, '$key')" >/dev/null ;;
+		4) q=$(account_of "$other")
+			r=$(neighbour "$p")
+			call "$c" "$key" "SELECT ledger_disburse($p, ARRAY[$q, $r]::bigint[], ARRAY[7, 3]::bigint[], '$key')" >/dev/null ;;
+		5) call "$c" "$key" "SELECT ledger_deposit($p, $a, '$key')" >/dev/null ;;
+		6) call "$c" "$key" "SELECT ledger_withdraw($p, $a, '$key')" >/dev/null ;;
+		7) q=$(account_of "$other")
+			id=$(call "$c" "$key-h" "SELECT ledger_hold($p, $q, $a, NULL, '$key-h')") &&
+				if [ $((RANDOM % 2)) = 0 ]; then
+					call "$c" "$key-p" "SELECT ledger_post($id, NULL, '$key-p')" >/dev/null
+				else
+					call "$c" "$key-v" "SELECT ledger_void($id, '$key-v')" >/dev/null
+				fi ;;
 		esac
-		echo "$key" >>"$ROOT/keys-$c"
-		for _ in $(seq 1 600); do
-			id=$(timeout 30 psql -h 127.0.0.1 -p "$PORT" -U postgres -d postgres -X -q -At \
-				-c "$sql" 2>>"$ROOT/errors-$c")
-			if [[ "$id" =~ ^[0-9]+$ ]]; then
-				echo "$id $key" >>"$ROOT/acked-$c"
-				break
-			fi
-			sleep 0.5
-		done
 	done
 }
 
@@ -309,6 +332,10 @@ for i in 1 2; do
 			  LEFT JOIN ledger.idempotency k ON k.key = a.key
 			 WHERE a.id >> 48 = $i")" "0"
 done
+kinds=$( (node_sql 1 -c "SELECT DISTINCT (ledger_event(id)).kind FROM acked WHERE id >> 48 = 1 AND ledger_event_status(id) = 'applied'"
+	node_sql 2 -c "SELECT DISTINCT (ledger_event(id)).kind FROM acked WHERE id >> 48 = 2 AND ledger_event_status(id) = 'applied'") |
+	sort -u | tr '\n' ' ')
+expect "the load applied every kind of event" "$kinds" "deposit disburse hold post transfer void withdraw "
 expect "no key was given two events" \
 	"$(node_sql 1 -c "SELECT count(*) FROM (SELECT key FROM acked GROUP BY key HAVING count(DISTINCT id) > 1) d")" "0"
 
