@@ -7,8 +7,8 @@
 #
 # The load is pgbench running a script that makes deposits, withdrawals,
 # transfers within and across buckets (some with idempotency keys, some
-# through ledger_transfer_many), disbursements, and transactions enqueueing
-# two events.  After a call's transaction commits, the script appends the
+# through ledger_transfer_many), disbursements, holds posted or voided, and
+# transactions enqueueing two events.  After a call's transaction commits, the script appends the
 # event ids it got to a file: those enqueues are acknowledged.  After each
 # phase, once the queue has drained:
 #  - every acknowledged event exists, applied or rejected, exactly once;
@@ -47,7 +47,7 @@ append_to_file($script, <<'EOS');
 \set r 1 + (:p + :k + 1) % :accounts
 \set a random(1, 300)
 \set b random(1, 300)
-\set op random(1, 20)
+\set op random(1, 22)
 \if :op <= 4
 SELECT ledger_deposit(:p, :a + 200) AS id \gset
 \shell echo :id >> :ackfile
@@ -66,11 +66,19 @@ SELECT ledger_disburse(:p, ARRAY[:q, :r]::bigint[], ARRAY[:a, :b]::bigint[]) AS 
 \elif :op <= 18
 SELECT array_to_string(ledger_transfer_many(ARRAY[:p, :q]::bigint[], ARRAY[:q, :r]::bigint[], ARRAY[:a, :b]::bigint[]), ' ') AS ids \gset
 \shell echo :ids >> :ackfile
-\else
+\elif :op <= 20
 BEGIN;
 SELECT ledger_transfer(:q, :p, :a) AS id \gset
 SELECT ledger_withdraw(:r, :b) AS id2 \gset
 COMMIT;
+\shell echo :id :id2 >> :ackfile
+\elif :op <= 21
+SELECT ledger_hold(:p, :q, :a) AS id \gset
+SELECT ledger_post(:id) AS id2 \gset
+\shell echo :id :id2 >> :ackfile
+\else
+SELECT ledger_hold(:p, :q, :a) AS id \gset
+SELECT ledger_void(:id) AS id2 \gset
 \shell echo :id :id2 >> :ackfile
 \endif
 EOS
@@ -222,7 +230,9 @@ SELECT 'events neither applied nor rejected', count(*)
 UNION ALL
 SELECT 'rejections for no known reason', count(*)
   FROM ledger.events
- WHERE status = 'r' AND reason NOT IN ('insufficient_funds', 'overflow')
+ WHERE status = 'r'
+   AND reason NOT IN ('insufficient_funds', 'overflow', 'hold_rejected', 'hold_posted',
+					  'hold_voided', 'exceeds_hold')
 UNION ALL
 SELECT 'accounts with two legs of one event', count(*)
   FROM legs WHERE n > 1
@@ -231,7 +241,7 @@ SELECT 'events with the wrong number of legs', count(*)
   FROM ledger.events e
   LEFT JOIN (SELECT event_id, sum(n) AS n FROM legs GROUP BY event_id) l
 	ON l.event_id = e.id
- WHERE COALESCE(l.n, 0) <> CASE WHEN e.status = 'r' THEN 0
+ WHERE COALESCE(l.n, 0) <> CASE WHEN e.status = 'r' OR e.kind IN ('h', 'v') THEN 0
 								WHEN e.kind = 's' THEN 1 + cardinality(e.to_accounts)
 								ELSE 2 END
 UNION ALL
