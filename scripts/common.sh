@@ -58,13 +58,22 @@ as_pg() { runuser -u "$PGUSER_OS" -- "$@"; }
 
 # start_server DIR PORT [extra postgresql.conf lines...]
 # A throwaway cluster in DIR listening on 127.0.0.1:PORT and a socket in DIR.
+# With DATA_TMPFS_MB set, the data directory is a tmpfs of that size (so a
+# test can fill it) and pg_wal is beside it on disk, in DIR/pg_wal.
 start_server() {
-	local dir=$1 port=$2
+	local dir=$1 port=$2 initdb_opts=()
 	shift 2
+	mountpoint -q "$dir/data" && umount "$dir/data"
 	rm -rf "$dir"
 	mkdir -p "$dir"
+	if [ -n "${DATA_TMPFS_MB:-}" ]; then
+		mkdir "$dir/data"
+		mount -t tmpfs -o "size=${DATA_TMPFS_MB}m,mode=0700" tmpfs "$dir/data"
+		chown "$PGUSER_OS" "$dir/data"
+		initdb_opts=(--waldir="$dir/pg_wal")
+	fi
 	chown "$PGUSER_OS" "$dir"
-	as_pg initdb -D "$dir/data" -A trust -U postgres >/dev/null
+	as_pg initdb -D "$dir/data" -A trust -U postgres "${initdb_opts[@]}" >/dev/null
 	{
 		echo "port = $port"
 		echo "listen_addresses = '127.0.0.1'"

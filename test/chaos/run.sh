@@ -23,6 +23,10 @@
 #   checkpoint         CHECKPOINT
 #   reload             ledger.batch_size and ledger.poll_interval changed and
 #                      reloaded
+#   long-snapshot      a REPEATABLE READ transaction held open 5-20 s
+#   data-full          the data directory (a tmpfs; pg_wal is on disk) filled
+#                      for 2-5 s: enqueues fail with 53100, batches fail and
+#                      back off; then the filler is removed
 # Then: the load stops, the settings are reset, and with no other step the
 # queue must drain and the audit hold: every acknowledged event exists once,
 # applied or rejected; events nobody acknowledged are at most the commits in
@@ -33,8 +37,9 @@
 # The faults and their times come from the seed (bash's RANDOM): a failing
 # seed replays the same faults in the same order.  Prints the faults, the
 # figures and "chaos: N passed, M failed"; exits non-zero on any failure.
-# scripts/test.sh runs --seed 1 --seconds 60; a longer run is e.g.
-# --seed $RANDOM --seconds 1800.  Run as root with the extension installed.
+# scripts/test.sh runs --seed 347 --seconds 60; a longer run is e.g.
+# --seed $RANDOM --seconds 1800.  Run as root with the extension installed
+# (it mounts a tmpfs for the data directory).
 #
 # LEDGER_CHAOS_DIR (default /tmp/ledger-chaos), LEDGER_CHAOS_PORT (55745).
 source "$(dirname "$0")/../../scripts/common.sh"
@@ -54,7 +59,8 @@ PORT=${LEDGER_CHAOS_PORT:-55745}
 NACCOUNTS=20        # accounts 1 .. 20, both buckets; 20 may go negative
 NCLIENTS=4
 FAULTS=(kill9-postmaster kill9-worker term-worker immediate hostile-settings
-	lock-legs pause checkpoint reload)
+	lock-legs pause checkpoint reload long-snapshot data-full)
+DATA_TMPFS_MB=2048  # the data directory's tmpfs, for data-full
 
 passed=0
 failed=0
@@ -81,6 +87,7 @@ cleanup() {
 	[ -n "${LOADER:-}" ] && kill "$LOADER" 2>/dev/null
 	pkill -f "pgbench.*-p $PORT " 2>/dev/null
 	stop_server "$DIR"
+	mountpoint -q "$DIR/data" && umount "$DIR/data"
 	return 0
 }
 trap cleanup EXIT
@@ -215,6 +222,14 @@ fault() {
 		sql -c "ALTER SYSTEM SET ledger.batch_size = $((RANDOM % 1000 + 1))" \
 			-c "ALTER SYSTEM SET ledger.poll_interval = '$((RANDOM % 500 + 5))ms'" \
 			-c "SELECT pg_reload_conf()" >/dev/null ;;
+	long-snapshot)
+		sql -c "BEGIN ISOLATION LEVEL REPEATABLE READ" -c "SELECT count(*) FROM ledger.accounts" \
+			-c "SELECT pg_sleep($((RANDOM % 16 + 5)))" -c "COMMIT" >/dev/null ;;
+	data-full)
+		fallocate -l "$(df -B1 --output=avail "$DIR/data" | tail -1)" "$DIR/data/filler" 2>/dev/null ||
+			cat /dev/zero >"$DIR/data/filler" 2>/dev/null
+		sleep $((RANDOM % 4 + 2))
+		rm -f "$DIR/data/filler" ;;
 	esac
 }
 
@@ -270,7 +285,7 @@ RANDOM=$SEED
 say "seed $SEED, $SECONDS_TOTAL s"
 stop_server "$DIR"
 rm -f "$DIR.acked" "$DIR.ids" "$DIR.pgbench.log"
-start_server "$DIR" "$PORT" "ledger.buckets = 2" "ledger.poll_interval = '100ms'" \
+DATA_TMPFS_MB=$DATA_TMPFS_MB start_server "$DIR" "$PORT" "ledger.buckets = 2" "ledger.poll_interval = '100ms'" \
 	"restart_after_crash = on" "max_connections = 40" || { fail "server start"; exit 1; }
 chown "$PGUSER_OS" "$DIR.load.sql"
 : >"$DIR.acked"
