@@ -4,13 +4,14 @@
 #
 #   test/chaos/run.sh [--seed S] [--seconds T]
 #
-# One server (two buckets).  pgbench enqueues deposits, withdrawals,
-# transfers within and across buckets (some with idempotency keys),
-# disbursements, transfer_many pairs, holds posted or voided and two-event
-# transactions; after a
-# call's commit it appends the ids it got to a file: those are
-# acknowledged.  A pgbench that loses its server is started again until the
-# time is up.  Every 1 to 5 s (drawn from the seed) one fault:
+# One server (two buckets), under checkpoint pressure all along
+# (max_wal_size 64MB, checkpoint_timeout 30s).  pgbench enqueues deposits,
+# withdrawals, transfers within and across buckets (some with idempotency
+# keys), disbursements, transfer_many pairs, holds posted or voided and
+# two-event transactions; after a call's commit it appends the ids it got to
+# a file: those are acknowledged.  A pgbench that loses its server is
+# started again until the time is up.  Every 1 to 5 s (drawn from the seed)
+# one fault:
 #   kill9-postmaster   kill -9 of the postmaster, then start it again
 #   kill9-worker       kill -9 of a bucket worker (the server reinitializes)
 #   term-worker        SIGTERM of a bucket worker
@@ -286,7 +287,8 @@ say "seed $SEED, $SECONDS_TOTAL s"
 stop_server "$DIR"
 rm -f "$DIR.acked" "$DIR.ids" "$DIR.pgbench.log"
 DATA_TMPFS_MB=$DATA_TMPFS_MB start_server "$DIR" "$PORT" "ledger.buckets = 2" "ledger.poll_interval = '100ms'" \
-	"restart_after_crash = on" "max_connections = 40" || { fail "server start"; exit 1; }
+	"restart_after_crash = on" "max_connections = 40" \
+	"max_wal_size = '64MB'" "checkpoint_timeout = '30s'" || { fail "server start"; exit 1; }
 chown "$PGUSER_OS" "$DIR.load.sql"
 : >"$DIR.acked"
 chown "$PGUSER_OS" "$DIR.acked"
