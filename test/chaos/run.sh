@@ -5,7 +5,8 @@
 #   test/chaos/run.sh [--seed S] [--seconds T]
 #
 # One server (two buckets), under checkpoint pressure all along
-# (max_wal_size 64MB, checkpoint_timeout 30s).  pgbench enqueues deposits,
+# (max_wal_size 64MB, checkpoint_timeout 30s).  pgbench (test/lib/load.sql,
+# shared with TAP 001) enqueues deposits,
 # withdrawals, transfers within and across buckets (some with idempotency
 # keys), disbursements, transfer_many pairs, holds posted or voided and
 # two-event transactions; after a call's commit it appends the ids it got to
@@ -44,6 +45,7 @@
 #
 # LEDGER_CHAOS_DIR (default /tmp/ledger-chaos), LEDGER_CHAOS_PORT (55745).
 source "$(dirname "$0")/../../scripts/common.sh"
+LIB=$TOP/test/lib       # the load and the audit, shared with TAP 001
 set +e
 
 SEED=1
@@ -110,50 +112,6 @@ reset_settings() {
 
 # ------------------------------------------------------------------ load
 
-cat >"$DIR.load.sql" <<'EOS'
-\set p random(1, :accounts)
-\set k random(0, :accounts - 3)
-\set q 1 + (:p + :k) % :accounts
-\set r 1 + (:p + :k + 1) % :accounts
-\set a random(1, 300)
-\set b random(1, 300)
-\set key random(1, 1000000000)
-\set op random(1, 22)
-\if :op <= 4
-SELECT ledger_deposit(:p, :a + 200) AS id \gset
-\shell echo :id >> :ackfile
-\elif :op <= 6
-SELECT ledger_withdraw(:p, :a) AS id \gset
-\shell echo :id >> :ackfile
-\elif :op <= 12
-SELECT ledger_transfer(:p, :q, :a) AS id \gset
-\shell echo :id >> :ackfile
-\elif :op <= 14
-SELECT ledger_transfer(:p, :q, :a, 'chaos-' || :key) AS id \gset
-\shell echo :id >> :ackfile
-\elif :op <= 16
-SELECT ledger_disburse(:p, ARRAY[:q, :r]::bigint[], ARRAY[:a, :b]::bigint[]) AS id \gset
-\shell echo :id >> :ackfile
-\elif :op <= 18
-SELECT array_to_string(ledger_transfer_many(ARRAY[:p, :q]::bigint[], ARRAY[:q, :r]::bigint[], ARRAY[:a, :b]::bigint[]), ' ') AS ids \gset
-\shell echo :ids >> :ackfile
-\elif :op <= 20
-SELECT ledger_hold(:p, :q, :a) AS id \gset
-SELECT ledger_post(:id) AS id2 \gset
-\shell echo :id :id2 >> :ackfile
-\elif :op <= 21
-SELECT ledger_hold(:p, :q, :a) AS id \gset
-SELECT ledger_void(:id) AS id2 \gset
-\shell echo :id :id2 >> :ackfile
-\else
-BEGIN;
-SELECT ledger_transfer(:q, :p, :a) AS id \gset
-SELECT ledger_withdraw(:r, :b) AS id2 \gset
-COMMIT;
-\shell echo :id :id2 >> :ackfile
-\endif
-EOS
-
 # pgbench until END, started again whenever it loses the server
 load() {
 	local end=$1 left
@@ -162,7 +120,7 @@ load() {
 		[ "$left" -le 0 ] && break
 		if up; then
 			as_pg pgbench -n -h "$DIR" -p "$PORT" -U postgres -c "$NCLIENTS" -j 2 -T "$left" \
-				-f "$DIR.load.sql" -D accounts="$NACCOUNTS" -D ackfile="$DIR.acked" \
+				-f "$DIR.load.sql" -D accounts="$NACCOUNTS" -D ackfile="$DIR.acked" -D phase=0 \
 				postgres >>"$DIR.pgbench.log" 2>&1 || sleep 0.5
 		else
 			sleep 0.2
@@ -240,44 +198,9 @@ audit() {
 	local ids
 	tr -s ' ' '\n' <"$DIR.acked" | grep -E '^[0-9]+$' >"$DIR.ids"
 	chown "$PGUSER_OS" "$DIR.ids"
-	sql -c "CREATE TABLE chaos_acked (id bigint)" -c "\\copy chaos_acked FROM '$DIR.ids'" >/dev/null
-	sql -v ON_ERROR_STOP=1 <<-'SQL'
-		CREATE TEMP TABLE legs AS
-			SELECT event_id, account_id, count(*) AS n
-			  FROM ledger.transactions GROUP BY event_id, account_id;
-		SELECT 'acknowledged events missing', count(*)
-		  FROM chaos_acked a WHERE NOT EXISTS (SELECT FROM ledger.events e WHERE e.id = a.id)
-		UNION ALL
-		SELECT 'events recorded twice', count(*) - count(DISTINCT id) FROM ledger.events
-		UNION ALL
-		SELECT 'events neither applied nor rejected', count(*)
-		  FROM ledger.events WHERE status NOT IN ('a', 'r')
-		UNION ALL
-		SELECT 'rejections for no known reason', count(*)
-		  FROM ledger.events
-		 WHERE status = 'r'
-		   AND reason NOT IN ('insufficient_funds', 'overflow', 'hold_rejected', 'hold_posted',
-							  'hold_voided', 'exceeds_hold')
-		UNION ALL
-		SELECT 'accounts with two legs of one event', count(*) FROM legs WHERE n > 1
-		UNION ALL
-		SELECT 'events with the wrong number of legs', count(*)
-		  FROM ledger.events e
-		  LEFT JOIN (SELECT event_id, sum(n) AS n FROM legs GROUP BY event_id) l ON l.event_id = e.id
-		 WHERE COALESCE(l.n, 0) <> CASE WHEN e.status = 'r' OR e.kind IN ('h', 'v') THEN 0
-										WHEN e.kind = 's' THEN 1 + cardinality(e.to_accounts)
-										ELSE 2 END
-		UNION ALL
-		SELECT 'ledger_verify() problems', count(*) FROM ledger_verify()
-		UNION ALL
-		SELECT 'sum of all balances', COALESCE(sum(ledger_balance(id)), 0) FROM ledger.accounts
-		UNION ALL
-		SELECT 'overdrawn legs', count(*)
-		  FROM ledger.transactions t JOIN ledger.accounts a ON a.id = t.account_id
-		 WHERE NOT a.allow_negative AND t.balance_after < 0
-		UNION ALL
-		SELECT 'workers with failures counted', count(*) FROM ledger_stats WHERE failures > 0;
-	SQL
+	sql -c "CREATE TABLE acked (id bigint)" -c "\\copy acked FROM '$DIR.ids'" >/dev/null
+	sql -v ON_ERROR_STOP=1 -f - <"$LIB/audit.sql"
+	sql -c "SELECT 'workers with failures counted', count(*) FROM ledger_stats WHERE failures > 0"
 }
 
 # ------------------------------------------------------------------- run
@@ -289,6 +212,7 @@ rm -f "$DIR.acked" "$DIR.ids" "$DIR.pgbench.log"
 DATA_TMPFS_MB=$DATA_TMPFS_MB start_server "$DIR" "$PORT" "ledger.buckets = 2" "ledger.poll_interval = '100ms'" \
 	"restart_after_crash = on" "max_connections = 40" \
 	"max_wal_size = '64MB'" "checkpoint_timeout = '30s'" || { fail "server start"; exit 1; }
+cp "$LIB/load.sql" "$DIR.load.sql"
 chown "$PGUSER_OS" "$DIR.load.sql"
 : >"$DIR.acked"
 chown "$PGUSER_OS" "$DIR.acked"
@@ -340,9 +264,9 @@ want=$(printf '%s\n' 'acknowledged events missing|0' 'events recorded twice|0' \
 	'workers with failures counted|0')
 expect "every acknowledged event settled once, the books balance" "$result" "$want"
 
-acked=$(sql -c "SELECT count(DISTINCT id) FROM chaos_acked")
+acked=$(sql -c "SELECT count(DISTINCT id) FROM acked")
 events=$(sql -c "SELECT count(*) FROM ledger.events")
-unacked=$(sql -c "SELECT count(*) FROM ledger.events e WHERE NOT EXISTS (SELECT FROM chaos_acked a WHERE a.id = e.id)")
+unacked=$(sql -c "SELECT count(*) FROM ledger.events e WHERE NOT EXISTS (SELECT FROM acked a WHERE a.id = e.id)")
 bound=$((crashes * NCLIENTS * 2))
 [ "$unacked" -le "$bound" ] && pass "events nobody acknowledged ($unacked) are at most the commits in flight at $crashes crashes ($bound)" ||
 	fail "$unacked events nobody acknowledged, more than the $bound commits in flight at $crashes crashes"

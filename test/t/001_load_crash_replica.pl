@@ -39,49 +39,8 @@ my %acked;
 # how many events may exist unacknowledged: commits in flight at crashes
 my $may_be_unacked = 0;
 
-my $script = "$tmp/load.sql";
-append_to_file($script, <<'EOS');
-\set p random(1, :accounts)
-\set k random(0, :accounts - 3)
-\set q 1 + (:p + :k) % :accounts
-\set r 1 + (:p + :k + 1) % :accounts
-\set a random(1, 300)
-\set b random(1, 300)
-\set op random(1, 22)
-\if :op <= 4
-SELECT ledger_deposit(:p, :a + 200) AS id \gset
-\shell echo :id >> :ackfile
-\elif :op <= 6
-SELECT ledger_withdraw(:p, :a) AS id \gset
-\shell echo :id >> :ackfile
-\elif :op <= 12
-SELECT ledger_transfer(:p, :q, :a) AS id \gset
-\shell echo :id >> :ackfile
-\elif :op <= 14
-SELECT ledger_transfer(:p, :q, :a, 'load-' || :phase || '-' || :p || '-' || :q || '-' || :a) AS id \gset
-\shell echo :id >> :ackfile
-\elif :op <= 16
-SELECT ledger_disburse(:p, ARRAY[:q, :r]::bigint[], ARRAY[:a, :b]::bigint[]) AS id \gset
-\shell echo :id >> :ackfile
-\elif :op <= 18
-SELECT array_to_string(ledger_transfer_many(ARRAY[:p, :q]::bigint[], ARRAY[:q, :r]::bigint[], ARRAY[:a, :b]::bigint[]), ' ') AS ids \gset
-\shell echo :ids >> :ackfile
-\elif :op <= 20
-BEGIN;
-SELECT ledger_transfer(:q, :p, :a) AS id \gset
-SELECT ledger_withdraw(:r, :b) AS id2 \gset
-COMMIT;
-\shell echo :id :id2 >> :ackfile
-\elif :op <= 21
-SELECT ledger_hold(:p, :q, :a) AS id \gset
-SELECT ledger_post(:id) AS id2 \gset
-\shell echo :id :id2 >> :ackfile
-\else
-SELECT ledger_hold(:p, :q, :a) AS id \gset
-SELECT ledger_void(:id) AS id2 \gset
-\shell echo :id :id2 >> :ackfile
-\endif
-EOS
+# the load: every kind of event, shared with the chaos runner
+my $script = "$FindBin::RealBin/../lib/load.sql";
 
 # Start pgbench in the background: $transactions per client, or until the
 # server goes away.
@@ -202,7 +161,10 @@ sub wait_for_workers
 	return;
 }
 
-# The checks every phase ends with.
+# The checks every phase ends with: test/lib/audit.sql, and the count of
+# events nobody acknowledged.
+my $audit = slurp_file("$FindBin::RealBin/../lib/audit.sql");
+
 sub check_ledger
 {
 	my ($node, $name) = @_;
@@ -215,44 +177,7 @@ sub check_ledger
 	my $result = $node->safe_psql(
 		'postgres', qq{
 CREATE TEMP TABLE acked AS SELECT unnest('{$ids}'::bigint[]) AS id;
-CREATE TEMP TABLE legs AS
-	SELECT event_id, account_id, count(*) AS n
-	  FROM ledger.transactions GROUP BY event_id, account_id;
-SELECT 'acknowledged events missing', count(*)
-  FROM acked a
- WHERE NOT EXISTS (SELECT 1 FROM ledger.events e WHERE e.id = a.id)
-UNION ALL
-SELECT 'events recorded twice', count(*) - count(DISTINCT id)
-  FROM ledger.events
-UNION ALL
-SELECT 'events neither applied nor rejected', count(*)
-  FROM ledger.events WHERE status NOT IN ('a', 'r')
-UNION ALL
-SELECT 'rejections for no known reason', count(*)
-  FROM ledger.events
- WHERE status = 'r'
-   AND reason NOT IN ('insufficient_funds', 'overflow', 'hold_rejected', 'hold_posted',
-					  'hold_voided', 'exceeds_hold')
-UNION ALL
-SELECT 'accounts with two legs of one event', count(*)
-  FROM legs WHERE n > 1
-UNION ALL
-SELECT 'events with the wrong number of legs', count(*)
-  FROM ledger.events e
-  LEFT JOIN (SELECT event_id, sum(n) AS n FROM legs GROUP BY event_id) l
-	ON l.event_id = e.id
- WHERE COALESCE(l.n, 0) <> CASE WHEN e.status = 'r' OR e.kind IN ('h', 'v') THEN 0
-								WHEN e.kind = 's' THEN 1 + cardinality(e.to_accounts)
-								ELSE 2 END
-UNION ALL
-SELECT 'ledger_verify() problems', count(*) FROM ledger_verify()
-UNION ALL
-SELECT 'sum of all balances', COALESCE(sum(ledger_balance(id)), 0)
-  FROM ledger.accounts
-UNION ALL
-SELECT 'overdrawn legs', count(*)
-  FROM ledger.transactions t JOIN ledger.accounts a ON a.id = t.account_id
- WHERE NOT a.allow_negative AND t.balance_after < 0
+$audit
 });
 	is( $result, join("\n",
 			'acknowledged events missing|0',
