@@ -110,7 +110,5 @@ mkdir -p "$(dirname "$OUT")"
 	echo
 	echo "a worker's private memory (RssAnon), the most of either in each step: ${maxima[*]} kB"
 	echo "sum of all balances: $(sql -c 'SELECT sum(ledger_balance(id)) FROM ledger.accounts')"
-	echo "events by status: $(sql -c "SELECT string_agg(status::text || coalesce(' ' || reason::text, '') || ' ' || n, ', ')
-										FROM (SELECT status, reason, count(*) AS n FROM ledger.events
-											   GROUP BY 1, 2 ORDER BY 1, 2) s")"
+	echo "events applied, rejected: $(sql -c "SELECT sum(events_applied) || ', ' || sum(events_rejected) FROM ledger_stats")"
 } | tee "$OUT"
