@@ -47,7 +47,8 @@ workers() {
 	sql -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'ledger bucket worker' ORDER BY pid"
 }
 # kB of field F (RssAnon, RssShmem) of process P
-rss() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null; }
+# (nothing if P has gone)
+rss() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status" 2>/dev/null || true; }
 
 # sample FILE: every 2 s, "pid anon_kB shmem_kB" of each worker, until killed
 sample() {
@@ -71,44 +72,43 @@ cp "$TOP/bench/workloads/transfer_many.sql" "$DIR/load.sql"
 chown "$PGUSER_OS" "$DIR/load.sql"
 
 mkdir -p "$(dirname "$OUT")"
-{
-	echo "memory benchmark: ledger_transfer_many ($BATCH per call) from $CLIENTS clients, $ACCOUNTS accounts,"
-	echo "2 buckets, shared_buffers 512MB; $(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GiB,"
-	echo "PostgreSQL $(pg_config --version | awk '{ print $2 }'), fsync on; $EVENTS events in three steps"
-	echo
-	printf '%-12s %-10s %14s %14s %14s %10s\n' "events" "worker" "RssAnon kB" "(max)" "RssShmem kB" "failures"
-	done_events=0
-	maxima=()
-	for target in $((EVENTS / 10)) $((EVENTS / 2)) "$EVENTS"; do
-		progress "enqueueing up to $target events"
-		: >"$DIR/samples"
-		sample "$DIR/samples" &
-		SAMPLER=$!
-		as_pg pgbench -h "$DIR" -p "$PORT" -U postgres -n -c "$CLIENTS" -j "$CLIENTS" \
-			-t $(((target - done_events) / CLIENTS / BATCH)) -f "$DIR/load.sql" \
-			-D naccounts="$ACCOUNTS" -D batch="$BATCH" postgres >/dev/null 2>&1
-		drain
-		kill "$SAMPLER"
-		SAMPLER=
-		done_events=$target
-		sql -c "CHECKPOINT" >/dev/null
-		for pid in $PIDS; do
-			anon=$(rss "$pid" RssAnon)
-			max=$(awk -v p="$pid" '$1 == p && $2 > m { m = $2 } END { print m + 0 }' "$DIR/samples")
-			printf '%-12s %-10s %14s %14s %14s %10s\n' "$target" "$pid" "${anon:-gone}" "$max" \
-				"$(rss "$pid" RssShmem)" "$(sql -c "SELECT failures FROM ledger_stats WHERE pid = $pid")"
-		done
-		maxima+=("$(awk '$2 > m { m = $2 } END { print m + 0 }' "$DIR/samples")")
-		echo "  applied: $(($(applied) - base)) events; the workers now: $(workers | tr '\n' ' ')"
-		sql -F ' ' -c "SELECT rpad(c.relname, 24), lpad(pg_size_pretty(pg_total_relation_size(c.oid)), 10),
-								lpad(round(pg_total_relation_size(c.oid)::numeric / $target, 1)::text, 8) || ' B/event'
-						  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-						 WHERE n.nspname = 'ledger' AND c.relkind = 'r'
-						   AND pg_total_relation_size(c.oid) > 65536
-						 ORDER BY pg_total_relation_size(c.oid) DESC" | sed 's/^/  /'
+exec > >(tee "$OUT")
+echo "memory benchmark: ledger_transfer_many ($BATCH per call) from $CLIENTS clients, $ACCOUNTS accounts,"
+echo "2 buckets, shared_buffers 512MB; $(nproc) cores, $(free -g | awk '/^Mem:/ { print $2 }') GiB,"
+echo "PostgreSQL $(pg_config --version | awk '{ print $2 }'), fsync on; $EVENTS events in three steps"
+echo
+printf '%-12s %-10s %14s %14s %14s %10s\n' "events" "worker" "RssAnon kB" "(max)" "RssShmem kB" "failures"
+done_events=0
+maxima=()
+for target in $((EVENTS / 10)) $((EVENTS / 2)) "$EVENTS"; do
+	progress "enqueueing up to $target events"
+	: >"$DIR/samples"
+	sample "$DIR/samples" &
+	SAMPLER=$!
+	as_pg pgbench -h "$DIR" -p "$PORT" -U postgres -n -c "$CLIENTS" -j "$CLIENTS" \
+		-t $(((target - done_events) / CLIENTS / BATCH)) -f "$DIR/load.sql" \
+		-D naccounts="$ACCOUNTS" -D batch="$BATCH" postgres >/dev/null 2>&1
+	drain
+	kill "$SAMPLER"
+	SAMPLER=
+	done_events=$target
+	sql -c "CHECKPOINT" >/dev/null
+	for pid in $PIDS; do
+		anon=$(rss "$pid" RssAnon)
+		max=$(awk -v p="$pid" '$1 == p && $2 > m { m = $2 } END { print m + 0 }' "$DIR/samples")
+		printf '%-12s %-10s %14s %14s %14s %10s\n' "$target" "$pid" "${anon:-gone}" "$max" \
+			"$(rss "$pid" RssShmem)" "$(sql -c "SELECT failures FROM ledger_stats WHERE pid = $pid")"
 	done
-	echo
-	echo "a worker's private memory (RssAnon), the most of either in each step: ${maxima[*]} kB"
-	echo "sum of all balances: $(sql -c 'SELECT sum(ledger_balance(id)) FROM ledger.accounts')"
-	echo "events applied, rejected: $(sql -c "SELECT sum(events_applied) || ', ' || sum(events_rejected) FROM ledger_stats")"
-} | tee "$OUT"
+	maxima+=("$(awk '$2 > m { m = $2 } END { print m + 0 }' "$DIR/samples")")
+	echo "  applied: $(($(applied) - base)) events; the workers now: $(workers | tr '\n' ' ')"
+	sql -F ' ' -c "SELECT rpad(c.relname, 24), lpad(pg_size_pretty(pg_total_relation_size(c.oid)), 10),
+							lpad(round(pg_total_relation_size(c.oid)::numeric / $target, 1)::text, 8) || ' B/event'
+					  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+					 WHERE n.nspname = 'ledger' AND c.relkind = 'r'
+					   AND pg_total_relation_size(c.oid) > 65536
+					 ORDER BY pg_total_relation_size(c.oid) DESC" | sed 's/^/  /'
+done
+echo
+echo "a worker's private memory (RssAnon), the most of either in each step: ${maxima[*]} kB"
+echo "sum of all balances: $(sql -c 'SELECT sum(ledger_balance(id)) FROM ledger.accounts')"
+echo "events applied, rejected: $(sql -c "SELECT sum(events_applied) || ', ' || sum(events_rejected) FROM ledger_stats")"

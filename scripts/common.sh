@@ -68,7 +68,7 @@ start_server() {
 	mkdir -p "$dir"
 	if [ -n "${DATA_TMPFS_MB:-}" ]; then
 		mkdir "$dir/data"
-		mount -t tmpfs -o "size=${DATA_TMPFS_MB}m,mode=0700" tmpfs "$dir/data"
+		mount -t tmpfs -o "size=${DATA_TMPFS_MB}m,mode=0700" tmpfs "$dir/data" || return 1
 		chown "$PGUSER_OS" "$dir/data"
 		initdb_opts=(--waldir="$dir/pg_wal")
 	fi

@@ -41,8 +41,8 @@
  * tuple descriptor in the resource owner, which costs more than building
  * the row.  They use a private copy of the table's descriptor, which no
  * resource owner tracks, and are dropped with the rest of the cache when the
- * extension is dropped.  There is one pool per table a worker writes: a
- * handful, fewer than ten, so a list is searched.
+ * extension is dropped.  There is one pool per table a worker writes, a
+ * handful, so a list is searched.
  */
 typedef struct SlotPool
 {

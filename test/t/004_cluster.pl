@@ -13,7 +13,8 @@
 #  - every acknowledged event exists on its node (the top bits of its id),
 #    once, applied or rejected;
 #  - no account has two legs from one event, on either node, and each
-#    applied event has all its legs: a transfer two, a disbursement three;
+#    applied event has all its legs: a transfer or a post two, a
+#    disbursement three, a hold or a void none;
 #  - every credit sent was received once, and confirmed;
 #  - ledger_verify() on each node and ledger_verify_cluster() on the proxy
 #    find nothing, and the balances of both nodes sum to zero;
