@@ -2,8 +2,7 @@
 # its number of nodes, one line per cross-node fraction, and the line of
 # perfect scaling from one node.  Called with datafile, outfile, fvalues
 # (the fractions, space-separated, in the data's column order) and subtitle
-# set; datafile has: nodes, transfers/s for each fraction, then the same
-# with a keyed confirmation (the report's what-if, not drawn),
+# set; datafile has: nodes, then transfers/s for each fraction,
 # tab-separated.
 set terminal pngcairo size 1000,700 font "sans,10" noenhanced
 set output outfile

@@ -289,13 +289,8 @@ cpu_account() {
 }
 
 # vacuum: VACUUM ANALYZE every ledger, so that each cost window starts from
-# the state autovacuum leaves, whatever the window before it left behind.
-# It matters for the cross-node confirmations: ledger.move_acked() joins the
-# outbox (ledger.transit) and the confirmations (transit_acks), planned on
-# their physical size once a vacuum has emptied and truncated them, and as
-# their dead rows pile up it comes to scan both whole for each confirmation
-# (pg_stat_user_tables: a seq_scan of each a confirmation); so what a
-# confirmation costs depends on how many came since the last vacuum.
+# the state autovacuum leaves, whatever the window before it left behind
+# (the confirmations delete their outbox rows, and leave dead rows).
 vacuum() {
 	local np
 	for np in "${NODES[@]}"; do psql_at "${np%%:*}" "${np##*:}" -c "VACUUM ANALYZE"; done
@@ -513,7 +508,8 @@ for r in $(seq 1 "$REPS"); do
 	cost_run cross2 proxy "$BASE_PORT" -D nb=4 -D home=0 -D cross=1
 done
 PROBLEMS=$(psql_at proxy "$BASE_PORT" -c "SELECT count(*) FROM ledger_verify_cluster()")
-# how node 1 read its outbox to take the confirmations (see vacuum())
+# how node 1 read its outbox to take the confirmations: by key, one index
+# scan each (before 1.7 a join read the whole outbox for each)
 OUTBOX=$(psql_at node1 "$((BASE_PORT + 1))" -c "
 	SELECT format('%s sequential scans of ledger.transit reading %s rows, %s index scans, for %s confirmations',
 				  t.seq_scan, t.seq_tup_read, coalesce(t.idx_scan, 0), (SELECT count(*) FROM ledger.transit_acked))
@@ -586,18 +582,9 @@ YX=$(ms cross2 proxy)
 GL=$(ms local2 pgbench)
 GX=$(ms cross2 pgbench)
 
-# What if: the paying node's apply worker takes a confirmation by
-# ledger.move_acked(), a join of the outbox and the confirmations that comes
-# to scan both whole for each confirmation (see vacuum()), so that its cost
-# grows with the dead rows since the last vacuum.  PB_KEYED is
-# Pb with the confirmation costing what the payee's apply worker spends to
-# store the credit (which does more: it logs the credit and wakes its
-# worker), an estimate of a confirmation deleted by its key.
-PB_KEYED=$(awk -v p="$PB" -v a="$(ms cross2 node1 apply)" -v b="$(ms cross2 node2 apply)" 'BEGIN { print p - a + b }')
-
-# node_ms N F [PB]: node(N, F) of the model above (with Pb = PB)
+# node_ms N F: node(N, F) of the model above
 node_ms() {
-	awk -v n="$1" -v f="$2" -v lb="$LB" -v lw="$LW" -v pb="${3:-$PB}" -v pw="$PW" -v rb="$RB" -v rw="$RW" -v d="$D" '
+	awk -v n="$1" -v f="$2" -v lb="$LB" -v lw="$LW" -v pb="$PB" -v pw="$PW" -v rb="$RB" -v rw="$RW" -v d="$D" '
 		BEGIN { if (n == 1) f = 0
 				printf "%.4f\n", (1 - f) * (lb + (n - 1) * lw) + f * (pb + (n - 1) * pw + rb + (n - 1) * rw + (n - 2) * d) }'
 }
@@ -704,17 +691,15 @@ cost_rows() {
 	echo "3. model (CPU ms per transfer): Lb $LB, Lw $LW, Pb $PB, Pw $PW, Rb $RB, Rw $RW, D $D ($D_FROM), proxy Y $YL local / $YX cross"
 	echo "   node(N, f) = (1-f) (Lb + (N-1) Lw) + f (Pb + (N-1) Pw + Rb + (N-1) Rw + (N-2) D); X = N C / node(N, f), C = $CORES cores a node,"
 	echo "   CPU-bound; clients and proxies on machines of their own (proxy cores: what they need), or a proxy beside each node (X = N C / (node + Y))"
-	echo "   keyed confirmation: what if the paying node's apply worker took a confirmation for what storing a credit costs the payee's (Pb $PB_KEYED)"
-	printf '%6s %4s %14s %14s %12s %20s %20s\n' "f" "N" "node ms/xfer" "transfers/s" "proxy cores" "proxy on the nodes" "keyed confirmation"
+	printf '%6s %4s %14s %14s %12s %20s\n' "f" "N" "node ms/xfer" "transfers/s" "proxy cores" "proxy on the nodes"
 	for f in $F_VALUES; do
 		for n in $N_VALUES; do
 			nm=$(node_ms "$n" "$f")
 			x=$(rate "$((n * CORES))" "$nm")
 			y=$(mix "$YL" "$YX" "$f")
-			printf '%6s %4s %14.3f %14s %12.1f %20s %20s\n' "$f" "$n" "$nm" "$x" \
+			printf '%6s %4s %14.3f %14s %12.1f %20s\n' "$f" "$n" "$nm" "$x" \
 				"$(awk -v x="$x" -v y="$y" 'BEGIN { print x * y / 1000 }')" \
-				"$(rate "$((n * CORES))" "$(awk -v a="$nm" -v y="$y" 'BEGIN { print a + y }')")" \
-				"$(rate "$((n * CORES))" "$(node_ms "$n" "$f" "$PB_KEYED")")"
+				"$(rate "$((n * CORES))" "$(awk -v a="$nm" -v y="$y" 'BEGIN { print a + y }')")"
 		done
 	done
 	echo
@@ -727,13 +712,11 @@ cost_rows() {
 	check_row "c. proxy, two nodes (model N=2, f=$CROSS)" "$COST_C" "$START_C" "$TWO_MS" "$TWO_CORES" "$TWO" "$TWO_CPU" "$TWO_N"
 } | tee "$OUT"
 
-# the projection for the plot: nodes, then transfers/s for each f, then
-# the same with a keyed confirmation
+# the projection for the plot: nodes, then transfers/s for each f
 if [ "$MODE" = full ]; then
 	for n in $N_VALUES; do
 		printf '%s' "$n"
 		for f in $F_VALUES; do printf '\t%s' "$(rate "$((n * CORES))" "$(node_ms "$n" "$f")")"; done
-		for f in $F_VALUES; do printf '\t%s' "$(rate "$((n * CORES))" "$(node_ms "$n" "$f" "$PB_KEYED")")"; done
 		echo
 	done >"$RESULTS/cluster-scaling.dat"
 	gnuplot -e "datafile='$RESULTS/cluster-scaling.dat'; outfile='$RESULTS/cluster-scaling.png'; fvalues='$F_VALUES'; subtitle='$CORES cores a node, costs measured $(date +%F)'" \

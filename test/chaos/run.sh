@@ -134,7 +134,6 @@ load() {
 
 crashes=0
 hostile=0
-full=0
 fault() {
 	local name=$1 pid
 	case $name in
@@ -190,7 +189,6 @@ fault() {
 	data-full)
 		# never the real disk: only the tmpfs the run mounted
 		mountpoint -q "$DIR/data" || return 0
-		full=$((full + 1))
 		fallocate -l "$(df -B1 --output=avail "$DIR/data" | tail -1)" "$DIR/data/filler" 2>/dev/null ||
 			cat /dev/zero >"$DIR/data/filler" 2>/dev/null
 		sleep $((RANDOM % 4 + 2))
@@ -277,7 +275,7 @@ unacked=$(sql -c "SELECT count(*) FROM ledger.events e WHERE NOT EXISTS (SELECT 
 # count too), or between the two calls of a hold and its post by a full
 # disk or hostile settings: at most two events per client each time.
 panics=$(grep -c "PANIC" "$DIR/server.log")
-cuts=$((crashes + panics + full + ${injected[hostile-settings]:-0}))
+cuts=$((crashes + panics + ${injected[data-full]:-0} + ${injected[hostile-settings]:-0}))
 bound=$((cuts * NCLIENTS * 2))
 [ "$unacked" -le "$bound" ] && pass "events nobody acknowledged ($unacked) are at most two per client at the $cuts faults that cut calls off ($bound)" ||
 	fail "$unacked events nobody acknowledged, more than two per client at the $cuts faults that cut calls off ($bound)"
