@@ -2,8 +2,7 @@
  *
  * apply.h
  *	  What a bucket worker keeps between batches: its accounts and its open
- *	  holds.  Private to the worker's source files (apply.c, accounts.c,
- *	  holds.c).
+ *	  holds (accounts.c, holds.c).  Private to the worker's source files.
  *
  * Both caches can be trusted because every leg and every hold of an
  * account is written by the worker of the account's bucket, that is by this

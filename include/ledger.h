@@ -293,10 +293,12 @@ extern void ledger_insert_row(Oid relid, const AttrNumber *attnums,
 							  const Datum *values, const bool *isnull,
 							  int ncolumns);
 
-/* apply.c */
-extern LedgerSchema ledger_apply_ready(int worker, uint64 limits_before,
-									   uint64 limits_after, int *nbuckets);
-extern void ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts);
+/* installed.c */
+extern LedgerSchema ledger_prepare_worker(int worker, uint64 limits_before,
+										  uint64 limits_after, int *nbuckets);
 extern void ledger_apply_reset(void);
+
+/* apply.c */
+extern void ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts);
 
 #endif							/* LEDGER_H */

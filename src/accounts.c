@@ -8,7 +8,7 @@
  * holds, its limits and, when it has a daily debit limit, its debits of the
  * last 24 hours: a handful of index probes, however long its history.  From
  * then on the worker keeps all of it up to date itself.  Changed limits
- * empty the cache (apply.c): the accounts are loaded again, limits with
+ * empty the cache (installed.c): the accounts are loaded again, limits with
  * them.
  *
  * The supply bound.  What an account owes is what its open holds and a

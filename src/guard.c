@@ -26,7 +26,7 @@
  * - a worker batch that fails after subtracting leaves its events
  *   uncounted when they are applied again;
  * - counts are forgotten when the extension is dropped or created anew
- *   (ledger_apply_ready()), also those of events enqueued in the new one
+ *   (ledger_prepare_worker()), also those of events enqueued in the new one
  *   before a worker noticed.
  *
  * Only the events of ledger.database are counted: those of any other

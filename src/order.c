@@ -19,7 +19,7 @@
  * account is logged with that id (ledger.event_log.waits_from), and its worker
  * holds it back while it would be refused for want of money and credits to
  * its payer with ids from there to its own are still on their way
- * (apply.c).  Nothing is remembered, and nothing costs, in a transaction
+ * (decide.c).  Nothing is remembered, and nothing costs, in a transaction
  * that sends no credit across buckets.
  *
  *-------------------------------------------------------------------------

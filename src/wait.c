@@ -33,14 +33,14 @@ static bool limits_changed = false;
 static bool wake_waiters = false;
 static bool callback_registered = false;
 
-static void wake_on_commit(XactEvent event, void *arg);
+static void announce_at_transaction_end(XactEvent event, void *arg);
 
 static void
 register_callback(void)
 {
 	if (!callback_registered)
 	{
-		RegisterXactCallback(wake_on_commit, NULL);
+		RegisterXactCallback(announce_at_transaction_end, NULL);
 		callback_registered = true;
 	}
 }
@@ -74,8 +74,16 @@ ledger_limits_changed_at_commit(void)
 	limits_changed = true;
 }
 
+/*
+ * What the transaction announces as it ends, if it committed: the limits
+ * it changed (before the commit is visible, and after), the workers it
+ * queued events for, the ledger_wait() sleepers a batch may have answered.
+ * A transaction that changed limits may not be prepared: the announcement
+ * would come at PREPARE, not when it commits.  An aborted one announces
+ * nothing.
+ */
 static void
-wake_on_commit(XactEvent event, void *arg)
+announce_at_transaction_end(XactEvent event, void *arg)
 {
 	switch (event)
 	{
@@ -85,7 +93,7 @@ wake_on_commit(XactEvent event, void *arg)
 			/*
 			 * Limits are announced twice: before the commit is visible and
 			 * after.  A worker reads the count before taking its snapshot
-			 * and after (apply.c): a snapshot that sees the new limits sees
+			 * and after (worker.c, installed.c): a snapshot that sees the new limits sees
 			 * the first announcement, and one that does not is followed by a
 			 * batch that sees the second.
 			 */

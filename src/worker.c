@@ -248,7 +248,7 @@ apply_pass(void)
 		uint64		limits_before;
 		uint64		limits_after;
 
-		/* around the snapshot: see ledger_apply_ready() */
+		/* around the snapshot: see ledger_prepare_worker() */
 		limits_before = pg_atomic_read_u64(&ledger_shared->limits_generation);
 		INSTR_TIME_SET_CURRENT(start);
 		SetCurrentStatementStartTimestamp();
@@ -257,7 +257,8 @@ apply_pass(void)
 		PushActiveSnapshot(GetTransactionSnapshot());
 		limits_after = pg_atomic_read_u64(&ledger_shared->limits_generation);
 
-		ready = ledger_apply_ready(my_worker, limits_before, limits_after, &nbuckets);
+		ready = ledger_prepare_worker(my_worker, limits_before, limits_after,
+									  &nbuckets);
 		if (ready == LEDGER_SCHEMA_CURRENT && i < nbuckets)
 		{
 			snprintf(activity, sizeof(activity),
