@@ -22,6 +22,7 @@
 #include "utils/timestamp.h"
 
 #include "apply.h"
+#include "bulk.h"
 
 /*
  * The columns of the tables a batch writes, in order: rows are built for

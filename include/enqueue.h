@@ -15,6 +15,7 @@
 #include "utils/timestamp.h"
 
 #include "ledger.h"
+#include "keys.h"
 
 /* Largest metadata of one event, in bytes of jsonb. */
 #define LEDGER_MAX_METADATA_SIZE	65536

@@ -1,7 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * ledger.h
- *	  Declarations shared by the ledger extension's source files.
+ *	  What every source file of the ledger extension shares: the event
+ *	  kinds and outcomes, the settings, the state in shared memory, and the
+ *	  few functions every part calls (schema.c, definitions.c,
+ *	  spi_tools.c).  Each other module has a header of its own.
  *
  * The extension is built around one queue of events (ledger.queue) that
  * clients append to, and one background worker per bucket of accounts that
@@ -87,36 +90,6 @@ typedef enum LedgerSchema
 	LEDGER_SCHEMA_CURRENT
 } LedgerSchema;
 
-/*
- * A request an idempotency key may name: its kind, and digests of its
- * parts (keys.c).
- */
-typedef enum LedgerRequestPart
-{
-	LEDGER_REQUEST_ACCOUNTS,
-	LEDGER_REQUEST_AMOUNTS,
-	LEDGER_REQUEST_HOLD,		/* a post's or void's hold; a hold's timeout */
-	LEDGER_REQUEST_METADATA,
-	LEDGER_REQUEST_PARTS
-} LedgerRequestPart;
-
-#define LEDGER_REQUEST_PART_SIZE	8
-#define LEDGER_REQUEST_SIZE		(LEDGER_REQUEST_PARTS * LEDGER_REQUEST_PART_SIZE)
-
-typedef struct KeyedRequest
-{
-	text	   *key;			/* or NULL */
-	char		kind;
-	uint8		request[LEDGER_REQUEST_SIZE];
-} KeyedRequest;
-
-/* An enqueue function running as the extension's owner (caller.c). */
-typedef struct LedgerCall
-{
-	Oid			caller;			/* current_user when it was called */
-	Oid			save_userid;
-	int			save_sec_context;
-} LedgerCall;
 
 /* GUCs (ledger.c) */
 extern char *ledger_database;
@@ -223,10 +196,7 @@ typedef struct LedgerBatchCounts
 
 extern LedgerSharedState *ledger_shared;
 
-/* ledger.c */
-extern void ledger_column_attnums(Oid relid, const char *const *names, int n,
-								  AttrNumber *attnums);
-extern int	ledger_worker_of_bucket(int bucket);
+/* schema.c */
 extern Oid	ledger_extension_oid(void);
 extern LedgerSchema ledger_schema(void);
 extern void ledger_require_schema(void);
@@ -234,71 +204,19 @@ extern bool ledger_installation(int64 *base_id);
 extern void ledger_require_installation(void);
 extern bool ledger_in_cluster(void);
 
-/* node_map.c */
-extern List *ledger_unmapped_workers(int node);
+/* definitions.c */
+extern int	ledger_worker_of_bucket(int bucket);
 extern const char *ledger_kind_name(char kind);
 extern bool ledger_valid_currency_code(const char *code);
+
+/* spi_tools.c */
 extern SPIPlanPtr ledger_prepare_plan(SPIPlanPtr *plan, const char *sql,
 									  int nargs, Oid *argtypes);
 extern void ledger_free_plan(SPIPlanPtr *plan);
+extern Datum ledger_bigint_array(Datum *values, int n);
 extern struct HTAB *ledger_hash_create(const char *name, long nelem, Size keysize,
 									   Size entrysize, MemoryContext cxt);
-extern Datum ledger_bigint_array(Datum *values, int n);
-
-/* caller.c */
-extern void ledger_call_begin(FunctionCallInfo fcinfo, LedgerCall *call);
-extern void ledger_call_end(LedgerCall *call);
-extern void ledger_check_debit(LedgerCall *call, int64 account_id, Oid owner);
-
-/* keys.c */
-extern void ledger_request_part(KeyedRequest *req, LedgerRequestPart part,
-								const void *data, size_t len);
-extern bool *ledger_claim_keys(Oid role, KeyedRequest *reqs, int64 *ids, int n,
-							   int *element);
-
-/* order.c */
-extern void ledger_note_credit(int64 account_id, int64 event_id);
-extern int64 ledger_credited_from(int64 account_id);
-
-/* wait.c */
-extern void ledger_wake_at_commit(int bucket);
-extern void ledger_wake_worker(int worker);
-extern void ledger_announce_batch(void);
-extern void ledger_limits_changed_at_commit(void);
-
-/* guard.c */
-extern void ledger_guard_init(void);
-extern void ledger_guard_check(int64 payer, int adding);
-extern uint32 ledger_guard_count(int64 key);
-extern void ledger_guard_add(int64 payer, int count);
-extern void ledger_guard_release(int64 payer);
-extern void ledger_guard_forget(void);
-
-/* stats.c */
-extern void ledger_set_state(int worker, LedgerWorkerState state);
-extern bool ledger_is_paused(int worker);
-extern void ledger_count_batch(int worker, const LedgerBatchCounts *counts, double ms);
-
-/* worker.c */
-extern PGDLLEXPORT void ledger_worker_main(Datum main_arg);
-
-/* bulk.c */
-typedef struct BulkInsert BulkInsert;
-extern BulkInsert *ledger_bulk_begin(Oid relid);
-extern TupleTableSlot *ledger_bulk_next_slot(BulkInsert *bulk);
-extern void ledger_bulk_add_row(BulkInsert *bulk, TupleTableSlot *slot);
-extern void ledger_bulk_end(BulkInsert *bulk);
-extern void ledger_bulk_reset(void);
-extern void ledger_insert_row(Oid relid, const AttrNumber *attnums,
-							  const Datum *values, const bool *isnull,
-							  int ncolumns);
-
-/* installed.c */
-extern LedgerSchema ledger_prepare_worker(int worker, uint64 limits_before,
-										  uint64 limits_after, int *nbuckets);
-extern void ledger_apply_reset(void);
-
-/* apply.c */
-extern void ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts);
+extern void ledger_column_attnums(Oid relid, const char *const *names, int n,
+								  AttrNumber *attnums);
 
 #endif							/* LEDGER_H */

@@ -18,6 +18,7 @@
 #include "utils/builtins.h"
 
 #include "enqueue.h"
+#include "wait.h"
 
 /*
  * The number of a currency, registering it on first use together with its

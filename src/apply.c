@@ -20,6 +20,7 @@
 #include "utils/timestamp.h"
 
 #include "ledger.h"
+#include "worker.h"
 #include "batch.h"
 
 /*

@@ -22,6 +22,9 @@
 #include "utils/xid8.h"
 
 #include "ledger.h"
+#include "bulk.h"
+#include "guard.h"
+#include "wait.h"
 #include "batch.h"
 
 /*

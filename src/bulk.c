@@ -32,6 +32,7 @@
 #include "utils/rel.h"
 
 #include "ledger.h"
+#include "bulk.h"
 
 /* Rows buffered before they are written: COPY's figure. */
 #define BULK_MAX_ROWS	1000

@@ -31,6 +31,7 @@
 #include "utils/syscache.h"
 
 #include "ledger.h"
+#include "caller.h"
 
 /* pg_catalog alone: every table the library names is schema-qualified */
 static OverrideSearchPath pinned_path = {

@@ -29,6 +29,12 @@
 #include "utils/xid8.h"
 
 #include "enqueue.h"
+#include "bulk.h"
+#include "caller.h"
+#include "guard.h"
+#include "keys.h"
+#include "order.h"
+#include "wait.h"
 
 /* The sequence event ids are drawn from. */
 Oid

@@ -47,6 +47,7 @@
 #include "utils/memutils.h"
 
 #include "ledger.h"
+#include "guard.h"
 
 /* What the current transaction added to the counters, in order. */
 typedef struct GuardAddition

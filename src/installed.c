@@ -22,6 +22,9 @@
 #include "utils/snapmgr.h"
 
 #include "ledger.h"
+#include "bulk.h"
+#include "guard.h"
+#include "worker.h"
 #include "batch.h"
 
 static const char *const event_log_columns[] = {

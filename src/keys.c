@@ -35,6 +35,7 @@
 #include "utils/hsearch.h"
 
 #include "ledger.h"
+#include "keys.h"
 
 static const char *const part_names[LEDGER_REQUEST_PARTS] = {
 	"accounts", "amounts", "hold", "metadata"

@@ -24,6 +24,7 @@
 #include "utils/array.h"
 
 #include "ledger.h"
+#include "node_map.h"
 
 /*
  * The workers of a node that the node map leaves without accounts, in

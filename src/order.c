@@ -31,6 +31,7 @@
 #include "utils/memutils.h"
 
 #include "ledger.h"
+#include "order.h"
 
 /* An account credited from another bucket by events of this transaction. */
 typedef struct CreditedAccount

@@ -22,6 +22,8 @@
 #include "utils/timestamp.h"
 
 #include "ledger.h"
+#include "stats.h"
+#include "wait.h"
 
 static const char *const state_names[] = {
 	[LEDGER_STATE_STOPPED] = "stopped",

@@ -20,6 +20,11 @@
 #include "utils/builtins.h"
 
 #include "enqueue.h"
+#include "caller.h"
+#include "guard.h"
+#include "keys.h"
+#include "order.h"
+#include "wait.h"
 
 /* Error context naming the element of a batch being checked. */
 static void

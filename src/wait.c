@@ -24,6 +24,7 @@
 #include "utils/timestamp.h"
 
 #include "ledger.h"
+#include "wait.h"
 
 /* Workers to wake when the current transaction commits, one bit each. */
 static uint64 wake_mask = 0;

@@ -34,6 +34,10 @@
 #include "utils/snapmgr.h"
 
 #include "ledger.h"
+#include "node_map.h"
+#include "stats.h"
+#include "wait.h"
+#include "worker.h"
 
 static int	my_worker;
 
