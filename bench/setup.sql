@@ -19,6 +19,9 @@ CREATE SCHEMA bench;
 CREATE TABLE bench.queue (LIKE ledger.event_log INCLUDING ALL);
 CREATE SEQUENCE bench.queue_id_seq;
 CREATE TABLE bench.legs (LIKE ledger.transactions INCLUDING ALL);
+-- the apply workload's second yardstick: COPY into a table as big as the
+-- ledger's history (bench/run.sh keeps it a copy of ledger.transactions)
+CREATE TABLE bench.history (LIKE ledger.transactions INCLUDING ALL);
 CREATE TABLE bench.accounts (
 	id		bigint PRIMARY KEY,
 	balance	bigint NOT NULL
