@@ -331,8 +331,8 @@ status() {
 			continue
 		fi
 		admin "$name" "$port" "$DB" -P format=aligned -P footer=off -P tuples_only=off -c "
-			SELECT bucket, state, events_applied, events_rejected, credits_applied, pending, lag
-			  FROM ledger_stats ORDER BY bucket" -c "
+			SELECT worker, state, events_applied, events_rejected, credits_applied, pending, lag
+			  FROM ledger_stats ORDER BY worker" -c "
 			SELECT * FROM ledger_node_totals()" -c "
 			SELECT subname AS subscription, received_lsn, latest_end_time
 			  FROM pg_stat_subscription WHERE relid IS NULL ORDER BY subname"

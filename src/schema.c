@@ -74,7 +74,8 @@ ledger_installation(int64 *base_id)
 	bool		isnull;
 
 	if (SPI_execute("SELECT i.system_id <> ledger.system_identifier()"
-					"       OR EXISTS (SELECT FROM pg_catalog.generate_series(0, 63) k(bucket),"
+					"       OR EXISTS (SELECT FROM pg_catalog.generate_series(0, "
+					CppAsString2(LEDGER_MAX_BUCKETS) " - 1) k(bucket),"
 					"                  LATERAL (SELECT b.id, b.cur_xmax FROM ledger.batches b"
 					"                            WHERE b.bucket = k.bucket"
 					"                            ORDER BY b.id DESC LIMIT 1) l"

@@ -636,7 +636,7 @@ phase_b() {
 		pass "B: once space is back the queue drains by itself, in ${took} s ($queued_at_free entries were queued)"
 	else
 		fail "B: once space is back the queue drains by itself within ${DRAIN_SECONDS} s" \
-			"queued: $(sql -c 'SELECT count(*) FROM ledger.queue'); $(sql -F '|' -c 'SELECT bucket, state, failures, last_error FROM ledger_stats' | tr '\n' ';')"
+			"queued: $(sql -c 'SELECT count(*) FROM ledger.queue'); $(sql -F '|' -c 'SELECT worker, state, failures, last_error FROM ledger_stats' | tr '\n' ';')"
 	fi
 	local cleared=
 	for _ in $(seq 1 50); do
@@ -644,7 +644,7 @@ phase_b() {
 		sleep 0.2
 	done
 	[ -n "$cleared" ] && pass "B: ledger_stats' failures go back to 0" ||
-		fail "B: ledger_stats' failures go back to 0" "$(sql -F '|' -c 'SELECT bucket, state, failures FROM ledger_stats' | tr '\n' ';')"
+		fail "B: ledger_stats' failures go back to 0" "$(sql -F '|' -c 'SELECT worker, state, failures FROM ledger_stats' | tr '\n' ';')"
 	check "B: both bucket workers run" "2" "$(workers_running)"
 
 	# and the load goes on

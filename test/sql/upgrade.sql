@@ -1,4 +1,4 @@
--- The upgrade path 1.0 -> 1.7 on a populated ledger, with the workers
+-- The upgrade path 1.0 -> 1.8 on a populated ledger, with the workers
 -- running and events pending across it.  The library serves its own
 -- version's schema only: it refuses to enqueue into an earlier one, and its
 -- workers wait for the update.  So the ledger of each earlier version is filled
@@ -154,6 +154,16 @@ SELECT ledger_wait(:x, 0, NULL);
 -- the money of a ledger on its own: nothing in flight, and zero in all
 SELECT currency, external, customers, in_flight, external + customers + in_flight AS total
   FROM ledger_node_money();
+SELECT * FROM ledger_verify();
+
+-- 1.7 -> 1.8: ledger_stats has a row per worker, and says so
+ALTER EXTENSION ledger UPDATE TO '1.8';
+SELECT extversion FROM pg_extension WHERE extname = 'ledger';
+SELECT worker, state, pending FROM ledger_stats ORDER BY worker;
+-- and the workers decide what comes after it
+SELECT ledger_transfer(8002, 8004, 1) AS x \gset
+SELECT ledger_wait(:x, 30000);
+SELECT count(*) FROM ledger_health('0 seconds');
 SELECT * FROM ledger_verify();
 
 -- leave the database to the next test without the extension

@@ -80,7 +80,7 @@ like($refused, qr/the node map leaves workers \{1\} of node 1 without accounts/,
 # log once, until it is mended.
 wait_for(sub {
 	$nodes[0]->safe_psql('postgres',
-		"SELECT string_agg(bucket || ':' || state, ',' ORDER BY bucket) FROM ledger_stats")
+		"SELECT string_agg(worker || ':' || state, ',' ORDER BY worker) FROM ledger_stats")
 	  eq '0:idle,1:serving no bucket of the node map';
 }, 'ledger_stats shows the worker the map leaves idle');
 sleep 3;
@@ -94,7 +94,7 @@ SELECT ledger_cluster_init();
 ));
 wait_for(sub {
 	$nodes[0]->safe_psql('postgres',
-		"SELECT string_agg(bucket || ':' || state, ',' ORDER BY bucket) FROM ledger_stats")
+		"SELECT string_agg(worker || ':' || state, ',' ORDER BY worker) FROM ledger_stats")
 	  eq '0:idle,1:idle';
 }, 'a mended map puts the worker back to work');
 like(slurp_file($nodes[0]->logfile),

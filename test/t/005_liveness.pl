@@ -163,7 +163,7 @@ is( sql(
 	'the transfers whose credit is held back are pending');
 
 # (b) no spinning: the held credits are no work
-my $pid = sql('SELECT pid FROM ledger_stats WHERE bucket = 0');
+my $pid = sql('SELECT pid FROM ledger_stats WHERE worker = 0');
 my $cpu_before = worker_cpu_seconds($pid);
 sleep(5);
 my $cpu_used = worker_cpu_seconds($pid) - $cpu_before;

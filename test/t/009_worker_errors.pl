@@ -44,7 +44,7 @@ my $log_start = -s $node->logfile;
 my $x = $node->safe_psql('postgres', 'SELECT ledger_transfer(1, 2, 10)');
 
 ok( $node->poll_query_until('postgres',
-		'SELECT failures >= 3 FROM ledger_stats WHERE bucket = 0'),
+		'SELECT failures >= 3 FROM ledger_stats WHERE worker = 0'),
 	'the batch fails again and again');
 like( $node->safe_psql('postgres', 'SELECT last_error FROM ledger_stats'),
 	qr/reached maximum value of sequence "transaction_id_seq"/,
@@ -71,7 +71,7 @@ is($node->safe_psql('postgres', "SELECT ledger_wait($x, 120000)"),
 is($node->safe_psql('postgres', "SELECT count(*) FROM ledger.transactions WHERE event_id = $x"),
 	'2', 'once: two legs');
 ok($node->poll_query_until('postgres',
-		'SELECT failures = 0 FROM ledger_stats WHERE bucket = 0'),
+		'SELECT failures = 0 FROM ledger_stats WHERE worker = 0'),
 	'and the count of errors goes back to zero');
 is($node->safe_psql('postgres', 'SELECT ledger_balance(1) || \' \' || ledger_balance(2)'),
 	'990 10', 'the balances');
