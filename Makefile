@@ -34,7 +34,7 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
-$(OBJS): include/ledger.h include/apply.h include/enqueue.h
+$(OBJS): $(wildcard include/*.h)
 
 # One target per suite, so that scripts/test.sh can run and report each.
 .PHONY: installcheck-regress installcheck-isolation installcheck-tap

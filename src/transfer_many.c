@@ -25,6 +25,7 @@
 #include "keys.h"
 #include "order.h"
 #include "wait.h"
+#include "ledger_errors.h"
 
 /* Error context naming the element of a batch being checked. */
 static void
@@ -33,7 +34,7 @@ batch_element_context(void *arg)
 	int			element = *(int *) arg;
 
 	if (element > 0)
-		errcontext("transfer %d of the batch", element);
+		errcontext(LEDGER_ELEMENT_CONTEXT, element);
 }
 
 /* The optional text[] or jsonb[] argument, one element per transfer. */

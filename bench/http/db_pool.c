@@ -5,13 +5,14 @@
  *
  * Each connection runs one statement at a time, in non-blocking mode, with
  * its socket watched by a uv_poll handle; nothing here ever waits on the
- * network.  Work comes from one queue, shared with the transfer groups that
- * transfers.c forms when a connection is free to run one.
+ * network.  Work comes from the pool's queue and from the source registered
+ * with db_set_source(), in turn; the pool knows nothing of what the
+ * statements are for.
  *
  * A connection that fails fails its statement (the caller answers 503),
  * and is reopened after a delay that doubles up to a ceiling.  When no
- * connection is up, everything queued is failed too, so that no request
- * waits on a database that is not there.
+ * connection is up, everything queued, and what the source holds, is
+ * failed too, so that no request waits on a database that is not there.
  *
  * The poll handle is always closed before libpq may close its socket: a
  * socket number reused behind libuv's back would be watched by the wrong
@@ -24,7 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ledger_http.h"
+#include "common.h"
+#include "db_pool.h"
 
 #define BACKOFF_FIRST_MS	100
 #define BACKOFF_MAX_MS		2000
@@ -52,27 +54,13 @@ typedef struct DbConn
 	PGresult   *result;			/* the first result of the running statement */
 } DbConn;
 
-static const char *const statement_sql[NUM_STATEMENTS] = {
-	[STMT_TRANSFER_MANY] = "SELECT ledger_transfer_many($1::bigint[], $2::bigint[],"
-	" $3::bigint[], $4::text[])",
-	[STMT_DEPOSIT] = "SELECT ledger_deposit($1::bigint, $2::bigint, $3::text)",
-	[STMT_WITHDRAW] = "SELECT ledger_withdraw($1::bigint, $2::bigint, $3::text)",
-	[STMT_DISBURSE] = "SELECT ledger_disburse($1::bigint, $2::bigint[],"
-	" $3::bigint[], $4::text)",
-	[STMT_EVENT] = "SELECT kind, account_id, to_accounts, amounts, amount, status,"
-	" reason, enqueued_at, applied_at FROM ledger_event($1::bigint)",
-	[STMT_BALANCE] = "SELECT ledger_balance($1::bigint)",
-};
-
-static const char *const statement_name[NUM_STATEMENTS] = {
-	"transfer_many", "deposit", "withdraw", "disburse", "event", "balance"
-};
-
+static const DbStatement *statements;	/* prepared on every connection */
+static int	nstatements;
 static DbConn *conns;
-static DbWork *queue_head;
-static DbWork *queue_tail;
+static Fifo queue;
+static const DbSource *source;
 static bool stopping;
-static bool serve_group_next;	/* alternate groups and single statements */
+static bool serve_source_next;	/* the source and the queue take turns */
 
 static void db_retry_cb(uv_timer_t *timer);
 static void db_poll_cb(uv_poll_t *handle, int status, int events);
@@ -134,16 +122,16 @@ db_available(void)
 static void
 fail_queued_work(void)
 {
-	while (queue_head != NULL)
-	{
-		DbWork	   *w = queue_head;
+	FifoLink   *link;
 
-		queue_head = w->next;
-		if (queue_head == NULL)
-			queue_tail = NULL;
+	while ((link = fifo_pop(&queue)) != NULL)
+	{
+		DbWork	   *w = fifo_entry(link, DbWork, queued);
+
 		w->done(w, NULL);
 	}
-	transfers_fail_pending();
+	if (source != NULL)
+		source->fail_all();
 }
 
 /*
@@ -207,8 +195,8 @@ db_flush_and_watch(DbConn *c)
 static void
 db_send_prepare(DbConn *c)
 {
-	if (!PQsendPrepare(c->pg, statement_name[c->prepared],
-					   statement_sql[c->prepared], 0, NULL))
+	if (!PQsendPrepare(c->pg, statements[c->prepared].name,
+					   statements[c->prepared].sql, 0, NULL))
 		db_conn_failed(c, NULL);
 	else
 		db_flush_and_watch(c);
@@ -219,7 +207,7 @@ db_send(DbConn *c, DbWork *w)
 {
 	c->state = DB_BUSY;
 	c->work = w;
-	if (!PQsendQueryPrepared(c->pg, statement_name[w->stmt], w->nparams,
+	if (!PQsendQueryPrepared(c->pg, statements[w->stmt].name, w->nparams,
 							 (const char *const *) w->params, NULL, NULL, 0))
 		db_conn_failed(c, NULL);
 	else
@@ -301,25 +289,26 @@ db_retry_cb(uv_timer_t *timer)
 	db_connect(timer->data);
 }
 
-/* Pick the next statement to run: groups and single ones take turns. */
+static DbWork *
+take_from_source(void)
+{
+	return source != NULL ? source->take() : NULL;
+}
+
+/* Pick the next statement to run: the source and the queue take turns. */
 static DbWork *
 next_work(void)
 {
 	DbWork	   *w = NULL;
+	FifoLink   *link;
 
-	serve_group_next = !serve_group_next;
-	if (serve_group_next)
-		w = transfers_take_group();
-	if (w == NULL && queue_head != NULL)
-	{
-		w = queue_head;
-		queue_head = w->next;
-		if (queue_head == NULL)
-			queue_tail = NULL;
-		w->next = NULL;
-	}
-	if (w == NULL && !serve_group_next)
-		w = transfers_take_group();
+	serve_source_next = !serve_source_next;
+	if (serve_source_next)
+		w = take_from_source();
+	if (w == NULL && (link = fifo_pop(&queue)) != NULL)
+		w = fifo_entry(link, DbWork, queued);
+	if (w == NULL && !serve_source_next)
+		w = take_from_source();
 	return w;
 }
 
@@ -378,7 +367,7 @@ db_statement_done(DbConn *c)
 
 			/* e.g. the extension is not installed: retry later */
 			log_message("database connection %d cannot prepare %s: %s",
-						c->index, statement_name[c->prepared],
+						c->index, statements[c->prepared].name,
 						message ? message : "no result");
 			PQclear(res);
 			db_conn_failed(c, "preparation failed");
@@ -386,7 +375,7 @@ db_statement_done(DbConn *c)
 		}
 		PQclear(res);
 		res = NULL;
-		if (++c->prepared < NUM_STATEMENTS)
+		if (++c->prepared < nstatements)
 		{
 			db_send_prepare(c);
 			return;
@@ -480,11 +469,14 @@ db_poll_cb(uv_poll_t *handle, int status, int events)
 	}
 }
 
+/* Open the connections, each preparing the statements given. */
 void
-db_start(void)
+db_start(const DbStatement *stmts, int nstmts)
 {
 	int			i;
 
+	statements = stmts;
+	nstatements = nstmts;
 	conns = calloc(settings.pool_size, sizeof(DbConn));
 	if (conns == NULL)
 	{
@@ -504,47 +496,44 @@ db_start(void)
 	}
 }
 
-static void
-append_work(DbWork *w)
+/* Take statements from the source given too, whenever a connection is free. */
+void
+db_set_source(const DbSource *src)
 {
-	w->next = NULL;
-	if (queue_tail != NULL)
-		queue_tail->next = w;
-	else
-		queue_head = w;
-	queue_tail = w;
+	source = src;
 }
 
 /*
- * Queue a statement.  Callers check db_available() first; should the last
- * connection have gone since, the statement fails at once.
+ * Queue a statement, at the head or the tail.  Callers check db_available()
+ * first; should the last connection have gone since, the statement fails at
+ * once.
  */
-void
-db_submit(DbWork *w)
+static void
+submit(DbWork *w, bool first)
 {
 	if (!db_available())
 	{
 		w->done(w, NULL);
 		return;
 	}
-	append_work(w);
+	if (first)
+		fifo_push_first(&queue, &w->queued);
+	else
+		fifo_push(&queue, &w->queued);
 	db_kick();
+}
+
+void
+db_submit(DbWork *w)
+{
+	submit(w, false);
 }
 
 /* Queue a statement ahead of the others: a retry, which has waited already. */
 void
 db_submit_first(DbWork *w)
 {
-	if (!db_available())
-	{
-		w->done(w, NULL);
-		return;
-	}
-	w->next = queue_head;
-	queue_head = w;
-	if (queue_tail == NULL)
-		queue_tail = w;
-	db_kick();
+	submit(w, true);
 }
 
 /* Whether no statement is queued or running. */
@@ -553,7 +542,7 @@ db_idle(void)
 {
 	int			i;
 
-	if (queue_head != NULL)
+	if (queue.count > 0)
 		return false;
 	for (i = 0; i < settings.pool_size; i++)
 		if (conns[i].state == DB_BUSY)
@@ -593,4 +582,16 @@ db_free(void)
 {
 	free(conns);
 	conns = NULL;
+}
+
+/* Free a statement's parameters, leaving it with none. */
+void
+db_work_free_params(DbWork *w)
+{
+	int			i;
+
+	for (i = 0; i < w->nparams; i++)
+		free(w->params[i]);
+	memset(w->params, 0, sizeof(w->params));
+	w->nparams = 0;
 }

@@ -19,6 +19,10 @@
  * its input for a moment before closing, so that the client reads the
  * answer rather than a reset.
  *
+ * A parsed request goes to routes.c; its answer comes back through
+ * client_answer(), the function the request was created with, so that
+ * neither routes.c nor request.c calls into this file.
+ *
  *-------------------------------------------------------------------------
  */
 #include <stdio.h>
@@ -28,7 +32,10 @@
 
 #include <http_parser.h>
 
-#include "ledger_http.h"
+#include "common.h"
+#include "http_conn.h"
+#include "request.h"
+#include "routes.h"
 
 #define READ_CHUNK		16384
 #define MAX_URL			2048
@@ -152,7 +159,7 @@ client_close(Client *c)
 	if (c->pending != NULL)
 	{
 		/* the request lives on until the database answers */
-		c->pending->client = NULL;
+		request_client_gone(c->pending);
 		c->pending = NULL;
 	}
 	if (c->prev != NULL)
@@ -293,29 +300,19 @@ client_reject(Client *c, int status, const char *message)
 	json_decref(body);
 }
 
-/*
- * Answer a request and free it.  Takes the body.  The client may have gone
- * away meanwhile; the answer is then dropped.
- */
-void
-request_respond(Request *req, int status, json_t *body)
+/* The answer to the client's request, from request_respond(). */
+static void
+client_answer(Client *c, int status, json_t *body, const char *allow)
 {
-	Client	   *c = req->client;
-
-	if (c != NULL)
-	{
-		c->pending = NULL;
-		client_send_json(c, status, body, req->allow, false);
-	}
-	json_decref(body);
-	request_free(req);
+	c->pending = NULL;
+	client_send_json(c, status, body, allow, false);
 }
 
 /* A whole request has been parsed: hand it over. */
 static void
 client_dispatch(Client *c)
 {
-	Request    *req = calloc(1, sizeof(Request));
+	Request    *req = request_new(c, client_answer);
 
 	uv_timer_stop(&c->timer);
 	c->in_message = false;
@@ -325,7 +322,6 @@ client_dispatch(Client *c)
 		client_reject(c, 500, "out of memory");
 		return;
 	}
-	req->client = c;
 	c->pending = req;
 	c->url[c->url_len] = '\0';
 	route_request(req, c->parser.method, c->url,
@@ -686,7 +682,7 @@ http_listen(void)
 	if (rc == 0)
 		rc = uv_listen((uv_stream_t *) &server, 1024, on_connection);
 	if (rc != 0)
-		log_message("cannot listen on %s port %d: %s",
+		log_message("cannot listen on %s port %lld: %s",
 					settings.listen, settings.port, uv_strerror(rc));
 	return rc;
 }

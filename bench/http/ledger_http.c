@@ -9,51 +9,68 @@
  * accepting, lets the requests in flight get their answers, closes the
  * database connections and exits 0.
  *
+ * The parts, each calling only those below it.  Calls that go up go
+ * through function pointers given from above: a request's send function
+ * (http_conn.c), the pool's source (transfers.c), and each statement's done
+ * function (routes.c, transfers.c).
+ *
+ *	  ledger_http.c  this file: flags, start, drain
+ *	  http_conn.c	 client sockets and HTTP framing; creates the requests
+ *	  routes.c		 a request to a statement, a result to JSON
+ *	  transfers.c	 transfers grouped into ledger_transfer_many() calls;
+ *					 registers with the pool as its source of statements
+ *	  request.c		 a request's life: created, answered once (through the
+ *					 function http_conn.c gives it), freed
+ *	  db_pool.c		 libpq connections running the statements they are
+ *					 given, from its queue and from the registered source
+ *	  statements.c	 the SQL of the statements
+ *	  pgtext.c		 values in PostgreSQL's text format
+ *	  fifo.h		 the list type of the pool's queue and the waiting
+ *					 transfers
+ *	  common.c		 settings, loop, log
+ *
  *-------------------------------------------------------------------------
  */
 #include <getopt.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
-#include "ledger_http.h"
+#include "common.h"
+#include "db_pool.h"
+#include "http_conn.h"
+#include "statements.h"
+#include "transfers.h"
 
-Settings	settings = {
-	.listen = "127.0.0.1",
-	.port = 8080,
-	.conninfo = "",
-	.pool_size = 4,
-	.group_max = 256,
-	.group_wait_us = 0,
-	.test_accounts = 1000,
-	.max_body = 64 * 1024,
-	.max_header = 8 * 1024,
-	.timeout_ms = 10000,
-	.idle_timeout_ms = 60000,
+/* The flags that take a whole number: where it goes, and its bounds. */
+typedef struct NumberFlag
+{
+	const char *name;
+	long long  *value;
+	long long	min;
+	long long	max;
+} NumberFlag;
+
+static const NumberFlag number_flags[] = {
+	{"port", &settings.port, 1, 65535},
+	{"pool", &settings.pool_size, 1, 1000},
+	{"group-max", &settings.group_max, 1, 100000},
+	{"group-wait-us", &settings.group_wait_us, 0, 10000000},
+	{"test-accounts", &settings.test_accounts, 0, (long long) 1 << 62},
+	{"max-body", &settings.max_body, 0, 1 << 30},
+	{"max-header", &settings.max_header, 256, 1 << 20},
+	{"timeout-ms", &settings.timeout_ms, 1, 3600000},
+	{"idle-timeout-ms", &settings.idle_timeout_ms, 1, 3600000},
 };
 
-uv_loop_t  *loop;
-bool		shutting_down = false;
+#define NUM_NUMBER_FLAGS (int) (sizeof(number_flags) / sizeof(number_flags[0]))
+
+/* getopt_long()'s value for number_flags[i]: beyond any option letter */
+#define NUMBER_FLAG_VALUE 256
 
 static uv_signal_t sigterm_handle;
 static uv_signal_t sigint_handle;
 static uv_timer_t drain_timer;
-
-void
-log_message(const char *fmt,...)
-{
-	va_list		args;
-
-	fputs("ledger-http: ", stderr);
-	va_start(args, fmt);
-	vfprintf(stderr, fmt, args);
-	va_end(args);
-	/* libpq's messages end with a newline already */
-	if (fmt[0] == '\0' || fmt[strlen(fmt) - 1] != '\n')
-		fputc('\n', stderr);
-}
 
 static void
 usage(FILE *out)
@@ -76,41 +93,40 @@ usage(FILE *out)
 			"  --help                show this and exit\n");
 }
 
-/* A whole number in [min, max], or exit with a message. */
-static long long
-number_flag(const char *name, const char *value, long long min, long long max)
+/* Set a number flag's setting, or exit with a message if out of bounds. */
+static void
+set_number_flag(const NumberFlag *flag, const char *value)
 {
 	char	   *end;
 	long long	n = strtoll(value, &end, 10);
 
-	if (*value == '\0' || *end != '\0' || n < min || n > max)
+	if (*value == '\0' || *end != '\0' || n < flag->min || n > flag->max)
 	{
 		fprintf(stderr, "ledger-http: --%s must be a whole number from %lld to %lld\n",
-				name, min, max);
+				flag->name, flag->min, flag->max);
 		exit(2);
 	}
-	return n;
+	*flag->value = n;
 }
 
 static void
 parse_flags(int argc, char **argv)
 {
-	static const struct option options[] = {
+	struct option options[NUM_NUMBER_FLAGS + 4] = {
 		{"listen", required_argument, NULL, 'l'},
-		{"port", required_argument, NULL, 'p'},
 		{"conninfo", required_argument, NULL, 'c'},
-		{"pool", required_argument, NULL, 'n'},
-		{"group-max", required_argument, NULL, 'g'},
-		{"group-wait-us", required_argument, NULL, 'w'},
-		{"test-accounts", required_argument, NULL, 'a'},
-		{"max-body", required_argument, NULL, 'b'},
-		{"max-header", required_argument, NULL, 'H'},
-		{"timeout-ms", required_argument, NULL, 't'},
-		{"idle-timeout-ms", required_argument, NULL, 'i'},
 		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0}
 	};
 	int			opt;
+	int			i;
+
+	/* then the number flags, after the three above; the last entry stays 0 */
+	for (i = 0; i < NUM_NUMBER_FLAGS; i++)
+	{
+		options[3 + i].name = number_flags[i].name;
+		options[3 + i].has_arg = required_argument;
+		options[3 + i].val = NUMBER_FLAG_VALUE + i;
+	}
 
 	while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1)
 	{
@@ -119,43 +135,21 @@ parse_flags(int argc, char **argv)
 			case 'l':
 				settings.listen = optarg;
 				break;
-			case 'p':
-				settings.port = number_flag("port", optarg, 1, 65535);
-				break;
 			case 'c':
 				settings.conninfo = optarg;
-				break;
-			case 'n':
-				settings.pool_size = number_flag("pool", optarg, 1, 1000);
-				break;
-			case 'g':
-				settings.group_max = number_flag("group-max", optarg, 1, 100000);
-				break;
-			case 'w':
-				settings.group_wait_us = number_flag("group-wait-us", optarg, 0, 10000000);
-				break;
-			case 'a':
-				settings.test_accounts = number_flag("test-accounts", optarg, 0,
-													 (long long) 1 << 62);
-				break;
-			case 'b':
-				settings.max_body = number_flag("max-body", optarg, 0, 1 << 30);
-				break;
-			case 'H':
-				settings.max_header = number_flag("max-header", optarg, 256, 1 << 20);
-				break;
-			case 't':
-				settings.timeout_ms = number_flag("timeout-ms", optarg, 1, 3600000);
-				break;
-			case 'i':
-				settings.idle_timeout_ms = number_flag("idle-timeout-ms", optarg, 1, 3600000);
 				break;
 			case 'h':
 				usage(stdout);
 				exit(0);
 			default:
-				usage(stderr);
-				exit(2);
+				if (opt < NUMBER_FLAG_VALUE ||
+					opt >= NUMBER_FLAG_VALUE + NUM_NUMBER_FLAGS)
+				{
+					usage(stderr);
+					exit(2);
+				}
+				set_number_flag(&number_flags[opt - NUMBER_FLAG_VALUE], optarg);
+				break;
 		}
 	}
 	if (optind < argc)
@@ -213,7 +207,7 @@ main(int argc, char **argv)
 	}
 	if (http_listen() != 0)
 		return 1;
-	db_start();
+	db_start(ledger_statements, NUM_STATEMENTS);
 
 	uv_signal_init(loop, &sigterm_handle);
 	uv_signal_start(&sigterm_handle, on_signal, SIGTERM);
@@ -221,7 +215,7 @@ main(int argc, char **argv)
 	uv_signal_start(&sigint_handle, on_signal, SIGINT);
 	uv_timer_init(loop, &drain_timer);
 
-	log_message("listening on %s port %d, %d database connections",
+	log_message("listening on %s port %lld, %lld database connections",
 				settings.listen, settings.port, settings.pool_size);
 	uv_run(loop, UV_RUN_DEFAULT);
 

@@ -16,18 +16,25 @@
  * Only the shape of a request is checked here (fields present, integers
  * where integers are due); the rules about values (amounts positive,
  * accounts existing, ...) are the extension's, and its errors come back
- * as 4xx with their SQLSTATE.
+ * as 4xx with their SQLSTATE.  Transfers go to transfers.c to be grouped;
+ * the other routes run a statement of their own.
  *
  *-------------------------------------------------------------------------
  */
-#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <http_parser.h>
 
-#include "ledger_http.h"
+#include "common.h"
+#include "db_pool.h"
+#include "pgtext.h"
+#include "request.h"
+#include "routes.h"
+#include "statements.h"
+#include "transfers.h"
 
 typedef enum Route
 {
@@ -40,176 +47,6 @@ typedef enum Route
 	ROUTE_EVENT,
 	ROUTE_BALANCE
 } Route;
-
-/* A growing string, for array literals; NULL at the end if memory ran out. */
-typedef struct StrBuf
-{
-	char	   *data;
-	size_t		len;
-	size_t		size;
-	bool		failed;
-} StrBuf;
-
-static void
-strbuf_append(StrBuf *sb, const char *s, size_t n)
-{
-	if (sb->failed)
-		return;
-	if (sb->len + n + 1 > sb->size)
-	{
-		size_t		size = sb->size ? sb->size : 64;
-		char	   *data;
-
-		while (sb->len + n + 1 > size)
-			size *= 2;
-		data = realloc(sb->data, size);
-		if (data == NULL)
-		{
-			sb->failed = true;
-			return;
-		}
-		sb->data = data;
-		sb->size = size;
-	}
-	memcpy(sb->data + sb->len, s, n);
-	sb->len += n;
-	sb->data[sb->len] = '\0';
-}
-
-static char *
-strbuf_finish(StrBuf *sb)
-{
-	if (sb->failed)
-	{
-		free(sb->data);
-		return NULL;
-	}
-	return sb->data;
-}
-
-char *
-int_to_text(long long value)
-{
-	char		buf[32];
-
-	snprintf(buf, sizeof(buf), "%lld", value);
-	return strdup(buf);
-}
-
-/* '{1,2,3}': a bigint[] in text form. */
-char *
-bigint_array_literal(const long long *values, int n)
-{
-	StrBuf		sb = {0};
-	char		buf[32];
-	int			i;
-
-	strbuf_append(&sb, "{", 1);
-	for (i = 0; i < n; i++)
-	{
-		int			len = snprintf(buf, sizeof(buf), "%s%lld",
-								   i > 0 ? "," : "", values[i]);
-
-		strbuf_append(&sb, buf, len);
-	}
-	strbuf_append(&sb, "}", 1);
-	return strbuf_finish(&sb);
-}
-
-/* '{"a",NULL,"b\"c"}': a text[] in text form; NULL elements stay NULL. */
-char *
-text_array_literal(char *const *values, int n)
-{
-	StrBuf		sb = {0};
-	int			i;
-
-	strbuf_append(&sb, "{", 1);
-	for (i = 0; i < n; i++)
-	{
-		const char *p;
-
-		if (i > 0)
-			strbuf_append(&sb, ",", 1);
-		if (values[i] == NULL)
-		{
-			strbuf_append(&sb, "NULL", 4);
-			continue;
-		}
-		strbuf_append(&sb, "\"", 1);
-		for (p = values[i]; *p; p++)
-		{
-			if (*p == '"' || *p == '\\')
-				strbuf_append(&sb, "\\", 1);
-			strbuf_append(&sb, p, 1);
-		}
-		strbuf_append(&sb, "\"", 1);
-	}
-	strbuf_append(&sb, "}", 1);
-	return strbuf_finish(&sb);
-}
-
-void
-request_free(Request *req)
-{
-	int			i;
-
-	for (i = 0; i < req->work.nparams; i++)
-		free(req->work.params[i]);
-	free(req->key);
-	free(req);
-}
-
-void
-respond_error(Request *req, int status, const char *message)
-{
-	request_respond(req, status, json_pack("{s:s}", "error", message));
-}
-
-/*
- * The HTTP status for an error of the extension: the caller's fault for
- * bad values (class 22), unknown accounts (23503), an idempotency key used
- * for another request (23L01), a debit its role may not make (42501) and
- * other rules (class 23, and 54 for limits), the service's when the
- * database is unreachable.
- */
-int
-sqlstate_http_status(const char *sqlstate)
-{
-	if (sqlstate == NULL)
-		return 503;				/* libpq's own: the connection failed */
-	if (strcmp(sqlstate, "23503") == 0)
-		return 404;
-	if (strcmp(sqlstate, "23L01") == 0)
-		return 409;
-	if (strcmp(sqlstate, "42501") == 0)
-		return 403;
-	if (strncmp(sqlstate, "22", 2) == 0)
-		return 400;
-	if (strncmp(sqlstate, "23", 2) == 0 || strncmp(sqlstate, "54", 2) == 0)
-		return 422;
-	if (strncmp(sqlstate, "08", 2) == 0 || strncmp(sqlstate, "57", 2) == 0 ||
-		strncmp(sqlstate, "53", 2) == 0 || strcmp(sqlstate, "40001") == 0 ||
-		strcmp(sqlstate, "40P01") == 0)
-		return 503;
-	return 500;
-}
-
-void
-respond_sql_error(Request *req, const PGresult *result)
-{
-	const char *sqlstate = PQresultErrorField(result, PG_DIAG_SQLSTATE);
-	const char *message = PQresultErrorField(result, PG_DIAG_MESSAGE_PRIMARY);
-	int			status = sqlstate_http_status(sqlstate);
-
-	if (sqlstate == NULL)
-	{
-		respond_error(req, 503, "database unavailable");
-		return;
-	}
-	request_respond(req, status,
-					json_pack("{s:s,s:s}", "error", message ? message : "error",
-							  "sqlstate", sqlstate));
-}
 
 /* A decimal id of at most 18 digits, so that it cannot overflow. */
 static bool
@@ -362,6 +199,32 @@ get_key(Request *req, json_t *obj)
 	return true;
 }
 
+/*
+ * Answer a request whose statement failed: with 503 if it did not run (no
+ * result), else with the error.  Returns whether it did.
+ */
+static bool
+respond_if_failed(Request *req, const PGresult *res)
+{
+	if (res == NULL)
+		respond_error(req, 503, "database unavailable");
+	else if (PQresultStatus(res) != PGRES_TUPLES_OK)
+		respond_sql_error(req, res);
+	else
+		return false;
+	return true;
+}
+
+/* A 404: the read's subject, an event or an account (what), is not there. */
+static void
+respond_not_found(Request *req, const char *what)
+{
+	char		message[64];
+
+	snprintf(message, sizeof(message), "%s %lld not found", what, req->subject);
+	respond_error(req, 404, message);
+}
+
 static void
 submit_statement(Request *req, Statement stmt, DbDone done)
 {
@@ -381,11 +244,7 @@ enqueue_done(DbWork *work, PGresult *res)
 {
 	Request    *req = (Request *) work;
 
-	if (res == NULL)
-		respond_error(req, 503, "database unavailable");
-	else if (PQresultStatus(res) != PGRES_TUPLES_OK)
-		respond_sql_error(req, res);
-	else
+	if (!respond_if_failed(req, res))
 		request_respond(req, 202,
 						json_pack("{s:I}", "event_id",
 								  (json_int_t) strtoll(PQgetvalue(res, 0, 0), NULL, 10)));
@@ -397,21 +256,10 @@ json_from_bigint_array(const char *text)
 {
 	json_t	   *array = json_array();
 	const char *p = text;
+	long long	v;
 
-	if (*p == '{')
-		p++;
-	while (*p && *p != '}')
-	{
-		char	   *end;
-		long long	v = strtoll(p, &end, 10);
-
-		if (end == p)
-			break;
+	while (bigint_array_next(&p, &v))
 		json_array_append_new(array, json_integer(v));
-		p = end;
-		if (*p == ',')
-			p++;
-	}
 	return array;
 }
 
@@ -439,17 +287,11 @@ static void
 event_done(DbWork *work, PGresult *res)
 {
 	Request    *req = (Request *) work;
-	char		message[64];
 
-	if (res == NULL)
-		respond_error(req, 503, "database unavailable");
-	else if (PQresultStatus(res) != PGRES_TUPLES_OK)
-		respond_sql_error(req, res);
-	else if (PQntuples(res) == 0)
-	{
-		snprintf(message, sizeof(message), "event %lld not found", req->subject);
-		respond_error(req, 404, message);
-	}
+	if (respond_if_failed(req, res))
+		return;
+	if (PQntuples(res) == 0)
+		respond_not_found(req, "event");
 	else
 		request_respond(req, 200,
 						json_pack("{s:I,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}",
@@ -469,17 +311,11 @@ static void
 balance_done(DbWork *work, PGresult *res)
 {
 	Request    *req = (Request *) work;
-	char		message[64];
 
-	if (res == NULL)
-		respond_error(req, 503, "database unavailable");
-	else if (PQresultStatus(res) != PGRES_TUPLES_OK)
-		respond_sql_error(req, res);
-	else if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
-	{
-		snprintf(message, sizeof(message), "account %lld not found", req->subject);
-		respond_error(req, 404, message);
-	}
+	if (respond_if_failed(req, res))
+		return;
+	if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
+		respond_not_found(req, "account");
 	else
 		request_respond(req, 200,
 						json_pack("{s:I,s:o}",

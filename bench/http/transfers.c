@@ -13,24 +13,37 @@
  *
  * Each request is answered only once its statement has returned, that is
  * committed, so nothing acknowledged can be lost.  A statement failing
- * because of one element (its error context names "transfer N of the
- * batch") answers that element with the error and sends the others again
- * without it; a failure that names no element sends each transfer alone.
+ * because of one element (a line of its error context names it, in the
+ * form of LEDGER_ELEMENT_CONTEXT, a contract of the extension's) answers
+ * that element with the error and sends the others again without it; a
+ * failure that names no element sends each transfer alone.
  *
  * Within a group the transfers are sorted by idempotency key: two groups
  * claiming the same keys then claim them in the same order and cannot
  * deadlock.  Concurrent requests have no order among themselves, so the
  * sort takes nothing away.
  *
+ * The pool knows nothing of all this: transfers_init() registers this file
+ * as the pool's source of statements, asked for a group whenever a
+ * connection is free.
+ *
  *-------------------------------------------------------------------------
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
-#include "ledger_http.h"
+#include "common.h"
+#include "db_pool.h"
+#include "fifo.h"
+#include "ledger_errors.h"
+#include "pgtext.h"
+#include "request.h"
+#include "statements.h"
+#include "transfers.h"
 
 /* Attempts at a group that deadlocked or hit a serialization failure. */
 #define MAX_ATTEMPTS 3
@@ -43,9 +56,7 @@ typedef struct TransferGroup
 	Request    *reqs[];
 } TransferGroup;
 
-static Request *pending_head;
-static Request *pending_tail;
-static int	pending_count;
+static Fifo pending;			/* transfers waiting to be grouped */
 static bool group_ready;
 static int	groups_in_flight;
 
@@ -86,7 +97,7 @@ wait_expired_cb(uv_poll_t *handle, int status, int events)
 	{
 		/* spurious wake-up: the timer was disarmed meanwhile */
 	}
-	if (pending_count > 0)
+	if (pending.count > 0)
 		set_ready();
 }
 
@@ -106,11 +117,17 @@ start_wait(void)
 	timerfd_settime(wait_fd, 0, &wait, NULL);
 }
 
+static DbWork *take_group(void);
+static void fail_pending(void);
+
+/* Set up the group timer, and become the pool's source of statements. */
 int
 transfers_init(void)
 {
+	static const DbSource source = {take_group, fail_pending};
 	int			rc;
 
+	db_set_source(&source);
 	uv_check_init(loop, &ready_check);
 	if (settings.group_wait_us == 0)
 		return 0;
@@ -147,17 +164,10 @@ transfers_add(Request *req)
 		respond_error(req, 503, "database unavailable");
 		return;
 	}
-	req->next = NULL;
-	if (pending_tail != NULL)
-		pending_tail->next = req;
-	else
-		pending_head = req;
-	pending_tail = req;
-	pending_count++;
-
-	if (pending_count >= settings.group_max || shutting_down)
+	fifo_push(&pending, &req->waiting);
+	if (pending.count >= settings.group_max || shutting_down)
 		set_ready();
-	else if (pending_count == 1 && !group_ready)
+	else if (pending.count == 1 && !group_ready)
 		start_wait();
 }
 
@@ -165,14 +175,14 @@ transfers_add(Request *req)
 void
 transfers_flush(void)
 {
-	if (pending_count > 0)
+	if (pending.count > 0)
 		set_ready();
 }
 
 bool
 transfers_idle(void)
 {
-	return pending_count == 0 && groups_in_flight == 0;
+	return pending.count == 0 && groups_in_flight == 0;
 }
 
 static TransferGroup *
@@ -188,10 +198,7 @@ group_new(int n)
 static void
 group_free(TransferGroup *g)
 {
-	int			i;
-
-	for (i = 0; i < g->work.nparams; i++)
-		free(g->work.params[i]);
+	db_work_free_params(&g->work);
 	free(g);
 	groups_in_flight--;
 }
@@ -218,9 +225,7 @@ group_build_statement(TransferGroup *g)
 	bool		any_key = false;
 	int			i;
 
-	for (i = 0; i < g->work.nparams; i++)
-		free(g->work.params[i]);
-	memset(g->work.params, 0, sizeof(g->work.params));
+	db_work_free_params(&g->work);
 	g->work.stmt = STMT_TRANSFER_MANY;
 	g->work.nparams = 4;
 	g->work.done = group_done;
@@ -264,29 +269,23 @@ group_fail(TransferGroup *g, int status, const char *message)
 	group_free(g);
 }
 
-/* Called by the pool when a connection is free. */
-DbWork *
-transfers_take_group(void)
+/* The pool's source: a group ready to run, asked for by a free connection. */
+static DbWork *
+take_group(void)
 {
 	TransferGroup *g;
 	int			n;
 	int			i;
 
-	if (!group_ready || pending_count == 0)
+	if (!group_ready || pending.count == 0)
 		return NULL;
-	n = pending_count < settings.group_max ? pending_count : settings.group_max;
+	n = pending.count < settings.group_max ? pending.count : settings.group_max;
 	g = group_new(n);
 	if (g == NULL)
 		return NULL;
 	for (i = 0; i < n; i++)
-	{
-		g->reqs[i] = pending_head;
-		pending_head = pending_head->next;
-	}
-	if (pending_head == NULL)
-		pending_tail = NULL;
-	pending_count -= n;
-	if (pending_count == 0)
+		g->reqs[i] = fifo_entry(fifo_pop(&pending), Request, waiting);
+	if (pending.count == 0)
 		group_ready = false;
 	g->n = n;
 	groups_taken++;
@@ -301,19 +300,15 @@ transfers_take_group(void)
 	return &g->work;
 }
 
-/* The database went away: nothing waiting can be sent. */
-void
-transfers_fail_pending(void)
+/* The pool's source: the database went away, nothing waiting can be sent. */
+static void
+fail_pending(void)
 {
-	while (pending_head != NULL)
-	{
-		Request    *req = pending_head;
+	FifoLink   *link;
 
-		pending_head = req->next;
-		respond_error(req, 503, "database unavailable");
-	}
-	pending_tail = NULL;
-	pending_count = 0;
+	while ((link = fifo_pop(&pending)) != NULL)
+		respond_error(fifo_entry(link, Request, waiting), 503,
+					  "database unavailable");
 	group_ready = false;
 	uv_check_stop(&ready_check);
 }
@@ -328,24 +323,35 @@ group_resend(TransferGroup *g)
 		db_submit_first(&g->work);
 }
 
-/* The 0-based element a batch error names, or -1. */
+/*
+ * The 0-based element a batch error names, or -1.  The extension names it
+ * with a context line of exactly the form LEDGER_ELEMENT_CONTEXT, counting
+ * from 1: a documented contract (include/ledger_errors.h), not a wording
+ * copied here.  Other context lines, if any, are skipped.
+ */
 static int
 failed_element(const PGresult *res, int n)
 {
 	const char *sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-	const char *context = PQresultErrorField(res, PG_DIAG_CONTEXT);
-	const char *p;
-	int			element;
+	const char *line = PQresultErrorField(res, PG_DIAG_CONTEXT);
 
-	if (sqlstate == NULL || context == NULL ||
+	if (sqlstate == NULL ||
 		(strncmp(sqlstate, "22", 2) != 0 && strncmp(sqlstate, "23", 2) != 0 &&
 		 strcmp(sqlstate, "42501") != 0))
 		return -1;
-	p = strstr(context, "transfer ");
-	if (p == NULL || sscanf(p, "transfer %d of the batch", &element) != 1 ||
-		element < 1 || element > n)
-		return -1;
-	return element - 1;
+	while (line != NULL)
+	{
+		int			element;
+		int			end = -1;	/* set only if the whole format matched */
+
+		if (sscanf(line, LEDGER_ELEMENT_CONTEXT "%n", &element, &end) == 1 &&
+			end >= 0 && (line[end] == '\n' || line[end] == '\0'))
+			return element >= 1 && element <= n ? element - 1 : -1;
+		line = strchr(line, '\n');
+		if (line != NULL)
+			line++;
+	}
+	return -1;
 }
 
 /* Answer each transfer with its event id, in the order sent. */
@@ -362,18 +368,8 @@ group_answer_ids(TransferGroup *g, const PGresult *res)
 		group_fail(g, 500, "out of memory");
 		return;
 	}
-	if (*p == '{')
-		p++;
-	while (found < g->n && *p && *p != '}')
-	{
-		char	   *end;
-
-		ids[found] = strtoll(p, &end, 10);
-		if (end == p)
-			break;
+	while (found < g->n && bigint_array_next(&p, &ids[found]))
 		found++;
-		p = *end == ',' ? end + 1 : end;
-	}
 	if (found != g->n)
 	{
 		free(ids);
