@@ -35,6 +35,8 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 $(OBJS): $(wildcard include/*.h)
+# the library's version is compiled in (LEDGER_VERSION)
+src/schema.o src/schema.bc src/worker.o src/worker.bc: ledger.control
 
 # One target per suite, so that scripts/test.sh can run and report each.
 .PHONY: installcheck-regress installcheck-isolation installcheck-tap

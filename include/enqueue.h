@@ -57,8 +57,8 @@ extern void ledger_check_amount(int64 amount);
 extern void ledger_check_key_length(text *key);
 extern void ledger_check_transfer(int64 from_account, int64 to_account, int64 amount);
 extern void ledger_check_metadata(Jsonb *metadata);
-extern text *ledger_get_key(FunctionCallInfo fcinfo, int argno);
-extern Jsonb *ledger_get_metadata(FunctionCallInfo fcinfo, int argno);
+extern void ledger_get_key_and_metadata(FunctionCallInfo fcinfo, int argno,
+										Movement *m);
 extern int64 *ledger_get_bigint_array(ArrayType *array, const char *name, int *n);
 extern int	ledger_cmp_int64(const void *a, const void *b);
 extern Datum ledger_int64_array(int64 *values, int n);

@@ -213,6 +213,8 @@ extern bool ledger_valid_currency_code(const char *code);
 extern SPIPlanPtr ledger_prepare_plan(SPIPlanPtr *plan, const char *sql,
 									  int nargs, Oid *argtypes);
 extern void ledger_free_plan(SPIPlanPtr *plan);
+extern int	ledger_execute_by_id(SPIPlanPtr *plan, const char *sql, int64 id);
+extern int	ledger_execute_for_worker(const char *sql, int worker);
 extern Datum ledger_bigint_array(Datum *values, int n);
 extern struct HTAB *ledger_hash_create(const char *name, long nelem, Size keysize,
 									   Size entrysize, MemoryContext cxt);

@@ -71,14 +71,14 @@ currency_number(const char *code)
 	no = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
 									 SPI_tuptable->tupdesc, 1, &isnull));
 
+	args[0] = Int32GetDatum(ledger_buckets);
+	args[1] = Int32GetDatum(no);
 	ledger_prepare_plan(&external_plan,
 						"INSERT INTO ledger.accounts (id, allow_negative, bucket, currency)"
 						" SELECT ledger.external_account(b, $2), true, b, $2"
 						"   FROM generate_series(0, $1::integer - 1) b"
 						" ON CONFLICT (id) DO NOTHING",
 						2, external_argtypes);
-	args[0] = Int32GetDatum(ledger_buckets);
-	args[1] = Int32GetDatum(no);
 	if (SPI_execute_plan(external_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not open the external accounts of currency \"%s\"", code);
 	return no;
@@ -92,16 +92,13 @@ static void
 check_account_node(int64 account_id)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			argtype = INT8OID;
-	Datum		arg = Int64GetDatum(account_id);
 	bool		isnull;
 	int			node;
 
-	ledger_prepare_plan(&plan,
-						"SELECT b.node_id FROM ledger.cluster_buckets b"
-						" WHERE b.bucket = $1 % (SELECT count(*) FROM ledger.cluster_buckets)",
-						1, &argtype);
-	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
+	if (ledger_execute_by_id(&plan,
+							 "SELECT b.node_id FROM ledger.cluster_buckets b"
+							 " WHERE b.bucket = $1 % (SELECT count(*) FROM ledger.cluster_buckets)",
+							 account_id) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the node map");
 	if (SPI_processed != 1)
 		ereport(ERROR,
@@ -123,20 +120,17 @@ static void
 check_reopened(int64 account_id, bool allow_negative, int currency, Oid owner)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			argtype = INT8OID;
-	Datum		arg = Int64GetDatum(account_id);
 	HeapTuple	row;
 	TupleDesc	desc;
 	bool		isnull;
 	Datum		existing_owner;
 
-	ledger_prepare_plan(&plan,
-						"SELECT a.allow_negative, a.currency, c.code, a.owner"
-						"  FROM ledger.accounts a"
-						"  JOIN ledger.currencies c ON c.no = a.currency"
-						" WHERE a.id = $1",
-						1, &argtype);
-	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT ||
+	if (ledger_execute_by_id(&plan,
+							 "SELECT a.allow_negative, a.currency, c.code, a.owner"
+							 "  FROM ledger.accounts a"
+							 "  JOIN ledger.currencies c ON c.no = a.currency"
+							 " WHERE a.id = $1",
+							 account_id) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not read account " INT64_FORMAT, account_id);
 	row = SPI_tuptable->vals[0];

@@ -248,28 +248,24 @@ supply_of(int bucket, int currency)
 void
 ledger_supply_load(int worker)
 {
-	Oid			argtypes[2] = {INT4OID, INT4OID};
-	Datum		args[2];
 	uint64		i;
 
 	ledger_supply_reset();
-	args[0] = Int32GetDatum(ledger_buckets);
-	args[1] = Int32GetDatum(worker);
-	if (SPI_execute_with_args("SELECT a.bucket, a.currency, t.balance_after, h.held"
-							  "  FROM ledger.accounts a"
-							  "  LEFT JOIN LATERAL"
-							  "       (SELECT t.balance_after FROM ledger.transactions t"
-							  "         WHERE t.account_id = a.id"
-							  "         ORDER BY t.id DESC LIMIT 1) t ON true"
-							  "  LEFT JOIN LATERAL"
-							  "       (SELECT h.held FROM ledger.account_holds h"
-							  "         WHERE h.account_id = a.id"
-							  "         ORDER BY h.id DESC LIMIT 1) h ON true"
-							  " WHERE a.bucket % $1 = $2"
-							  "   AND (a.allow_negative"
-							  "        OR EXISTS (SELECT FROM ledger.limits l"
-							  "                    WHERE l.account_id = a.id))",
-							  2, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+	if (ledger_execute_for_worker("SELECT a.bucket, a.currency, t.balance_after, h.held"
+								  "  FROM ledger.accounts a"
+								  "  LEFT JOIN LATERAL"
+								  "       (SELECT t.balance_after FROM ledger.transactions t"
+								  "         WHERE t.account_id = a.id"
+								  "         ORDER BY t.id DESC LIMIT 1) t ON true"
+								  "  LEFT JOIN LATERAL"
+								  "       (SELECT h.held FROM ledger.account_holds h"
+								  "         WHERE h.account_id = a.id"
+								  "         ORDER BY h.id DESC LIMIT 1) h ON true"
+								  " WHERE a.bucket % $1 = $2"
+								  "   AND (a.allow_negative"
+								  "        OR EXISTS (SELECT FROM ledger.limits l"
+								  "                    WHERE l.account_id = a.id))",
+								  worker) != SPI_OK_SELECT)
 		elog(ERROR, "could not count what the accounts of worker %d owe", worker);
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -365,6 +361,40 @@ new_account(int64 id)
 }
 
 /*
+ * Enter into the cache the account a row of load_plan describes (see
+ * ledger_load_accounts() for its columns): one of this node, owned if the
+ * worker serves its bucket.
+ */
+static void
+enter_account(HeapTuple row, TupleDesc desc, int worker)
+{
+	AccountState *acct = new_account(int64_or(row, desc, 1, 0));
+	bool		isnull;
+
+	acct->bucket = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
+	acct->allow_negative = DatumGetBool(SPI_getbinval(row, desc, 3, &isnull));
+	acct->owned = ledger_worker_of_bucket(acct->bucket) == worker;
+	acct->last_txn_id = int64_or(row, desc, 4, 0);
+	acct->balance = int64_or(row, desc, 5, 0);
+	acct->bp_first_txn_id = int64_or(row, desc, 6, 0) + 1;
+	acct->bp_balance = int64_or(row, desc, 7, 0);
+
+	/*
+	 * Count the legs since the breakpoint from here on: after a restart the
+	 * next breakpoint of an account may cover up to twice the interval,
+	 * which keeps loading an account to two index probes (new_account() set
+	 * the count to 0).
+	 */
+	acct->currency = DatumGetInt32(SPI_getbinval(row, desc, 8, &isnull));
+	acct->overdraft_limit = int64_or(row, desc, 9, LEDGER_NO_LIMIT);
+	acct->max_amount = int64_or(row, desc, 10, LEDGER_NO_LIMIT);
+	acct->daily_debit_limit = int64_or(row, desc, 11, LEDGER_NO_LIMIT);
+	acct->held = int64_or(row, desc, 12, 0);
+	if (acct->owned)
+		acct->supply = supply_of(acct->bucket, acct->currency);
+}
+
+/*
  * In a cluster, the accounts of other nodes that the batch pays: from the
  * directory, as accounts this worker does not own, on their node.
  */
@@ -457,36 +487,7 @@ ledger_load_accounts(int64 *ids, int nids, int worker, bool in_cluster,
 		elog(ERROR, "could not load accounts");
 
 	for (i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	row = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		int64		id = int64_or(row, desc, 1, 0);
-		AccountState *acct;
-		bool		isnull;
-
-		acct = new_account(id);
-		acct->bucket = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
-		acct->allow_negative = DatumGetBool(SPI_getbinval(row, desc, 3, &isnull));
-		acct->owned = ledger_worker_of_bucket(acct->bucket) == worker;
-		acct->last_txn_id = int64_or(row, desc, 4, 0);
-		acct->balance = int64_or(row, desc, 5, 0);
-		acct->bp_first_txn_id = int64_or(row, desc, 6, 0) + 1;
-		acct->bp_balance = int64_or(row, desc, 7, 0);
-
-		/*
-		 * Count the legs since the breakpoint from here on: after a restart
-		 * the next breakpoint of an account may cover up to twice the
-		 * interval, which keeps loading an account to two index probes
-		 * (new_account() set the count to 0).
-		 */
-		acct->currency = DatumGetInt32(SPI_getbinval(row, desc, 8, &isnull));
-		acct->overdraft_limit = int64_or(row, desc, 9, LEDGER_NO_LIMIT);
-		acct->max_amount = int64_or(row, desc, 10, LEDGER_NO_LIMIT);
-		acct->daily_debit_limit = int64_or(row, desc, 11, LEDGER_NO_LIMIT);
-		acct->held = int64_or(row, desc, 12, 0);
-		if (acct->owned)
-			acct->supply = supply_of(acct->bucket, acct->currency);
-	}
+		enter_account(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, worker);
 
 	/* the windows last: reading them replaces SPI_tuptable */
 	for (j = 0; j < nwanted; j++)

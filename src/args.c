@@ -48,12 +48,14 @@ ledger_check_amount(int64 amount)
 void
 ledger_check_key_length(text *key)
 {
-	if (VARSIZE_ANY_EXHDR(key) > LEDGER_MAX_KEY_LENGTH)
+	int			length = VARSIZE_ANY_EXHDR(key);
+
+	if (length > LEDGER_MAX_KEY_LENGTH)
 		ereport(ERROR,
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
 				 errmsg("idempotency key is too long"),
 				 errdetail("Keys may be at most %d bytes; this one has %d.",
-						   LEDGER_MAX_KEY_LENGTH, (int) VARSIZE_ANY_EXHDR(key))));
+						   LEDGER_MAX_KEY_LENGTH, length)));
 }
 
 void
@@ -84,30 +86,36 @@ ledger_check_metadata(Jsonb *metadata)
 						   LEDGER_MAX_METADATA_SIZE, (int) VARSIZE(metadata))));
 }
 
-/* The optional idempotency key argument, checked, or NULL. */
-text *
-ledger_get_key(FunctionCallInfo fcinfo, int argno)
+/*
+ * Is the optional argument argno given?  A function declared by the SQL of
+ * an earlier version has fewer arguments.
+ */
+static bool
+optional_arg_given(FunctionCallInfo fcinfo, int argno)
 {
-	text	   *key;
-
-	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
-		return NULL;
-	key = PG_GETARG_TEXT_PP(argno);
-	ledger_check_key_length(key);
-	return key;
+	return PG_NARGS() > argno && !PG_ARGISNULL(argno);
 }
 
-/* The optional metadata argument, checked, or NULL. */
-Jsonb *
-ledger_get_metadata(FunctionCallInfo fcinfo, int argno)
+/*
+ * The optional arguments an enqueue function ends with, checked, into the
+ * movement: its idempotency key, argument argno, and its metadata, the
+ * next; each NULL when not given.
+ */
+void
+ledger_get_key_and_metadata(FunctionCallInfo fcinfo, int argno, Movement *m)
 {
-	Jsonb	   *metadata;
-
-	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
-		return NULL;
-	metadata = PG_GETARG_JSONB_P(argno);
-	ledger_check_metadata(metadata);
-	return metadata;
+	m->idempotency_key = NULL;
+	m->metadata = NULL;
+	if (optional_arg_given(fcinfo, argno))
+	{
+		m->idempotency_key = PG_GETARG_TEXT_PP(argno);
+		ledger_check_key_length(m->idempotency_key);
+	}
+	if (optional_arg_given(fcinfo, argno + 1))
+	{
+		m->metadata = PG_GETARG_JSONB_P(argno + 1);
+		ledger_check_metadata(m->metadata);
+	}
 }
 
 /* Read a one-dimensional bigint[] without NULLs into a palloc'd C array. */

@@ -48,13 +48,27 @@ ledger_rows_begin(BatchOutput *out, TimestampTz now)
 	out->deferred = ledger_bulk_begin(in->deferred);
 }
 
+/*
+ * The slot of the next row of a table the batch writes, every column not
+ * null: the caller sets every value, and the nulls of the few columns that
+ * may be.
+ */
+static TupleTableSlot *
+next_row(BulkInsert *bulk)
+{
+	TupleTableSlot *slot = ledger_bulk_next_slot(bulk);
+
+	memset(slot->tts_isnull, false,
+		   sizeof(bool) * slot->tts_tupleDescriptor->natts);
+	return slot;
+}
+
 static void
 write_breakpoint(BatchOutput *out, AccountState *acct)
 {
-	TupleTableSlot *slot = ledger_bulk_next_slot(out->breakpoints);
+	TupleTableSlot *slot = next_row(out->breakpoints);
 	Datum	   *v = slot->tts_values;
 
-	memset(slot->tts_isnull, false, sizeof(bool) * BREAKPOINTS_NATTS);
 	v[BREAKPOINTS_ACCOUNT_ID] = Int64GetDatum(acct->id);
 	v[BREAKPOINTS_PREVIOUS_BALANCE] = Int64GetDatum(acct->bp_balance);
 	v[BREAKPOINTS_CURRENT_BALANCE] = Int64GetDatum(acct->balance);
@@ -89,7 +103,7 @@ ledger_post_leg(BatchOutput *out, AccountState *acct, int64 event_id,
 		pg_sub_s64_overflow(acct->balance + amount, acct->bp_balance, &difference))
 		write_breakpoint(out, acct);
 
-	slot = ledger_bulk_next_slot(out->legs);
+	slot = next_row(out->legs);
 	v = slot->tts_values;
 	ledger_account_set(acct, acct->balance + amount, acct->held);
 	acct->last_txn_id = nextval_internal(ledger_installed.transaction_seq, false);
@@ -97,7 +111,6 @@ ledger_post_leg(BatchOutput *out, AccountState *acct, int64 event_id,
 	if (amount < 0)
 		ledger_note_debit(acct, -amount, out->now);
 
-	memset(slot->tts_isnull, false, sizeof(bool) * TRANSACTIONS_NATTS);
 	v[TRANSACTIONS_ID] = Int64GetDatum(acct->last_txn_id);
 	v[TRANSACTIONS_ACCOUNT_ID] = Int64GetDatum(acct->id);
 	v[TRANSACTIONS_EVENT_ID] = Int64GetDatum(event_id);
@@ -120,10 +133,9 @@ ledger_record_outcome(BatchOutput *out, QueuedEvent *ev, const char *reason)
 {
 	if (reason != NULL || ev->was_deferred)
 	{
-		TupleTableSlot *slot = ledger_bulk_next_slot(out->outcomes);
+		TupleTableSlot *slot = next_row(out->outcomes);
 		Datum	   *v = slot->tts_values;
 
-		memset(slot->tts_isnull, false, sizeof(bool) * OUTCOMES_NATTS);
 		v[OUTCOMES_EVENT_ID] = Int64GetDatum(ev->row_id);
 		v[OUTCOMES_STATUS] = CharGetDatum(reason ? LEDGER_REJECTED : LEDGER_APPLIED);
 		v[OUTCOMES_REASON] = reason ? CStringGetTextDatum(reason) : (Datum) 0;
@@ -153,10 +165,9 @@ ledger_record_deferral(BatchOutput *out, BucketState *b, QueuedEvent *ev)
 	ledger_delta_defer(b, ev->row_id);
 	if (!ev->was_deferred)
 	{
-		TupleTableSlot *slot = ledger_bulk_next_slot(out->deferred);
+		TupleTableSlot *slot = next_row(out->deferred);
 		Datum	   *v = slot->tts_values;
 
-		memset(slot->tts_isnull, false, sizeof(bool) * DEFERRED_NATTS);
 		v[DEFERRED_EVENT_ID] = Int64GetDatum(ev->row_id);
 		v[DEFERRED_BUCKET] = Int32GetDatum(b->bucket);
 		v[DEFERRED_BATCH_ID] = Int64GetDatum(out->batch_id);
@@ -215,10 +226,9 @@ send_credit(BatchOutput *out, QueuedEvent *ev, AccountState **payees,
 {
 	AccountState *where = payees[first];
 	CreditShare share = gather_credit(ev, payees, first, done);
-	TupleTableSlot *slot = ledger_bulk_next_slot(out->transit);
+	TupleTableSlot *slot = next_row(out->transit);
 	Datum	   *v = slot->tts_values;
 
-	memset(slot->tts_isnull, false, sizeof(bool) * TRANSIT_NATTS);
 	v[TRANSIT_SOURCE_NODE] = Int32GetDatum(ledger_node_id);
 	v[TRANSIT_ID] = Int64GetDatum(nextval_internal(ledger_installed.event_seq, false));
 	v[TRANSIT_TARGET_NODE] = Int32GetDatum(where->node);
@@ -286,11 +296,10 @@ void
 ledger_end_hold(BatchOutput *out, HoldState *hold, char status, int64 event_id,
 		 int64 posted)
 {
-	TupleTableSlot *slot = ledger_bulk_next_slot(out->hold_ends);
+	TupleTableSlot *slot = next_row(out->hold_ends);
 	Datum	   *v = slot->tts_values;
 	AccountState *payer = ledger_find_account(hold->account_id);
 
-	memset(slot->tts_isnull, false, sizeof(bool) * HOLD_ENDS_NATTS);
 	v[HOLD_ENDS_HOLD_ID] = Int64GetDatum(hold->id);
 	v[HOLD_ENDS_ACCOUNT_ID] = Int64GetDatum(hold->account_id);
 	v[HOLD_ENDS_STATUS] = CharGetDatum(status);
@@ -323,10 +332,9 @@ write_held(BatchOutput *out)
 	bulk = ledger_bulk_begin(ledger_installed.account_holds);
 	for (i = 0; i < n; i++)
 	{
-		TupleTableSlot *slot = ledger_bulk_next_slot(bulk);
+		TupleTableSlot *slot = next_row(bulk);
 		Datum	   *v = slot->tts_values;
 
-		memset(slot->tts_isnull, false, sizeof(bool) * ACCOUNT_HOLDS_NATTS);
 		v[ACCOUNT_HOLDS_ACCOUNT_ID] = Int64GetDatum(changed[i]->id);
 		v[ACCOUNT_HOLDS_ID] = Int64GetDatum(nextval_internal(ledger_installed.transaction_seq, false));
 		v[ACCOUNT_HOLDS_HELD] = Int64GetDatum(changed[i]->held);
@@ -357,10 +365,9 @@ ledger_write_batch(BatchOutput *out, BucketState *b, bool delta_done,
 			LedgerBatchCounts *counts)
 {
 	BulkInsert *bulk = ledger_bulk_begin(ledger_installed.batches);
-	TupleTableSlot *slot = ledger_bulk_next_slot(bulk);
+	TupleTableSlot *slot = next_row(bulk);
 	Datum	   *v = slot->tts_values;
 
-	memset(slot->tts_isnull, false, sizeof(bool) * BATCHES_NATTS);
 	v[BATCHES_BUCKET] = Int32GetDatum(b->bucket);
 	v[BATCHES_ID] = Int64GetDatum(out->batch_id);
 	v[BATCHES_PREV] = b->prev;

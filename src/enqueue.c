@@ -215,10 +215,11 @@ enqueue(LedgerCall *call, Movement *m, int bucket, int *payee_buckets,
 /*
  * Enqueue a movement of the payer (or account deposited to) m->account_id
  * to its payees: check they exist in one currency, that the caller may
- * debit the payer, then queue it in the payer's bucket.
+ * debit the payer, then queue it in the payer's bucket.  Its idempotency key
+ * and metadata are arguments key_argno and key_argno + 1 of the call.
  */
 static int64
-enqueue_movement(FunctionCallInfo fcinfo, Movement *m)
+enqueue_movement(FunctionCallInfo fcinfo, Movement *m, int key_argno)
 {
 	LedgerCall	call;
 	AccountInfo *info;
@@ -228,6 +229,7 @@ enqueue_movement(FunctionCallInfo fcinfo, Movement *m)
 	int64		event_id;
 	int			p;
 
+	ledger_get_key_and_metadata(fcinfo, key_argno, m);
 	ledger_require_schema();
 	ledger_call_begin(fcinfo, &call);
 	SPI_connect();
@@ -286,10 +288,8 @@ enqueue_external(FunctionCallInfo fcinfo, char kind)
 	m.amount = PG_GETARG_INT64(1);
 	ledger_check_account_id(m.account_id);
 	ledger_check_amount(m.amount);
-	m.idempotency_key = ledger_get_key(fcinfo, 2);
-	m.metadata = ledger_get_metadata(fcinfo, 3);
 
-	PG_RETURN_INT64(enqueue_movement(fcinfo, &m));
+	PG_RETURN_INT64(enqueue_movement(fcinfo, &m, 2));
 }
 
 /* ledger_deposit(account_id, amount) - money in from outside the ledger. */
@@ -316,10 +316,7 @@ ledger_transfer(PG_FUNCTION_ARGS)
 	Movement	m = {0};
 
 	get_payment(fcinfo, LEDGER_TRANSFER, &m);
-	m.idempotency_key = ledger_get_key(fcinfo, 3);
-	m.metadata = ledger_get_metadata(fcinfo, 4);
-
-	PG_RETURN_INT64(enqueue_movement(fcinfo, &m));
+	PG_RETURN_INT64(enqueue_movement(fcinfo, &m, 3));
 }
 
 /*
@@ -390,10 +387,7 @@ ledger_disburse(PG_FUNCTION_ARGS)
 					 errmsg("account " INT64_FORMAT " is listed twice as a payee",
 							sorted[i])));
 
-	m.idempotency_key = ledger_get_key(fcinfo, 3);
-	m.metadata = ledger_get_metadata(fcinfo, 4);
-
-	PG_RETURN_INT64(enqueue_movement(fcinfo, &m));
+	PG_RETURN_INT64(enqueue_movement(fcinfo, &m, 3));
 }
 
 /*
@@ -421,10 +415,8 @@ ledger_hold(PG_FUNCTION_ARGS)
 					 errmsg("timeout must be a positive interval"),
 					 errhint("Pass NULL for a hold without a timeout.")));
 	}
-	m.idempotency_key = ledger_get_key(fcinfo, 4);
-	m.metadata = ledger_get_metadata(fcinfo, 5);
 
-	PG_RETURN_INT64(enqueue_movement(fcinfo, &m));
+	PG_RETURN_INT64(enqueue_movement(fcinfo, &m, 4));
 }
 
 /* A hold a post or void names, as enqueueing sees it. */
@@ -444,24 +436,21 @@ static HoldFound
 find_hold(int64 hold_id, Movement *m)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			argtype = INT8OID;
-	Datum		arg = Int64GetDatum(hold_id);
 	HoldFound	found;
 	HeapTuple	row;
 	TupleDesc	desc;
 	bool		isnull;
 	Datum		value;
 
-	ledger_prepare_plan(&plan,
-						"SELECT e.account_id, e.to_account, p.bucket, p.owner, r.bucket,"
-						"       EXISTS (SELECT FROM ledger.hold_ends x WHERE x.hold_id = e.id)"
-						"       OR ledger.row_state(e) = 'r'"
-						"  FROM ledger.event_log e"
-						"  JOIN ledger.accounts p ON p.id = e.account_id"
-						"  LEFT JOIN ledger.accounts r ON r.id = e.to_account"
-						" WHERE e.id = $1 AND e.kind = 'h'",
-						1, &argtype);
-	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
+	if (ledger_execute_by_id(&plan,
+							 "SELECT e.account_id, e.to_account, p.bucket, p.owner, r.bucket,"
+							 "       EXISTS (SELECT FROM ledger.hold_ends x WHERE x.hold_id = e.id)"
+							 "       OR ledger.row_state(e) = 'r'"
+							 "  FROM ledger.event_log e"
+							 "  JOIN ledger.accounts p ON p.id = e.account_id"
+							 "  LEFT JOIN ledger.accounts r ON r.id = e.to_account"
+							 " WHERE e.id = $1 AND e.kind = 'h'",
+							 hold_id) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up hold " INT64_FORMAT, hold_id);
 	if (SPI_processed != 1)
 		ereport(ERROR,
@@ -483,34 +472,46 @@ find_hold(int64 hold_id, Movement *m)
 }
 
 /*
- * Post or void a hold.  Only members of the payer's owner role may.  The
- * spam guard lets through, even past its limit, the one post or void of an
- * open hold that can release it: a hold known to have ended, or one with a
- * post or void pending already, gets no such pass.
+ * Post or void the hold the first argument names; a post's second argument
+ * is the amount it posts, and the idempotency key and metadata follow from
+ * argument key_argno.  Only members of the payer's owner role may.  The spam
+ * guard lets through, even past its limit, the one post or void of an open
+ * hold that can release it: a hold known to have ended, or one with a post
+ * or void pending already, gets no such pass.
  */
 static Datum
-enqueue_hold_end(FunctionCallInfo fcinfo, Movement *m)
+enqueue_hold_end(FunctionCallInfo fcinfo, char kind, int key_argno)
 {
 	LedgerCall	call;
+	Movement	m = {0};
 	HoldFound	hold;
 	int64		event_id;
 	bool		guarded;
+
+	ledger_require_arg(fcinfo, 0, "hold_id");
+	m.kind = kind;
+	if (kind == LEDGER_POST && !PG_ARGISNULL(1))
+	{
+		m.amount = PG_GETARG_INT64(1);
+		ledger_check_amount(m.amount);
+	}
+	ledger_get_key_and_metadata(fcinfo, key_argno, &m);
 
 	ledger_require_schema();
 	ledger_call_begin(fcinfo, &call);
 	SPI_connect();
 	ledger_require_installation();
-	hold = find_hold(PG_GETARG_INT64(0), m);
-	ledger_check_debit(&call, m->account_id, hold.owner);
-	guarded = hold.ended || ledger_guard_count(-m->hold_id) > 0;
-	if (m->kind == LEDGER_POST)
+	hold = find_hold(PG_GETARG_INT64(0), &m);
+	ledger_check_debit(&call, m.account_id, hold.owner);
+	guarded = hold.ended || ledger_guard_count(-m.hold_id) > 0;
+	if (kind == LEDGER_POST)
 	{
 		/* its payee is credited like a transfer's */
-		m->npayees = 1;
-		m->payees = &m->to_account;
-		m->amounts = &m->amount;
+		m.npayees = 1;
+		m.payees = &m.to_account;
+		m.amounts = &m.amount;
 	}
-	event_id = enqueue(&call, m, hold.bucket, &hold.payee_bucket, guarded);
+	event_id = enqueue(&call, &m, hold.bucket, &hold.payee_bucket, guarded);
 	SPI_finish();
 	ledger_call_end(&call);
 	PG_RETURN_INT64(event_id);
@@ -525,18 +526,7 @@ PG_FUNCTION_INFO_V1(ledger_post);
 Datum
 ledger_post(PG_FUNCTION_ARGS)
 {
-	Movement	m = {0};
-
-	ledger_require_arg(fcinfo, 0, "hold_id");
-	m.kind = LEDGER_POST;
-	if (!PG_ARGISNULL(1))
-	{
-		m.amount = PG_GETARG_INT64(1);
-		ledger_check_amount(m.amount);
-	}
-	m.idempotency_key = ledger_get_key(fcinfo, 2);
-	m.metadata = ledger_get_metadata(fcinfo, 3);
-	return enqueue_hold_end(fcinfo, &m);
+	return enqueue_hold_end(fcinfo, LEDGER_POST, 2);
 }
 
 /* ledger_void(hold_id) - release a hold. */
@@ -544,11 +534,5 @@ PG_FUNCTION_INFO_V1(ledger_void);
 Datum
 ledger_void(PG_FUNCTION_ARGS)
 {
-	Movement	m = {0};
-
-	ledger_require_arg(fcinfo, 0, "hold_id");
-	m.kind = LEDGER_VOID;
-	m.idempotency_key = ledger_get_key(fcinfo, 1);
-	m.metadata = ledger_get_metadata(fcinfo, 2);
-	return enqueue_hold_end(fcinfo, &m);
+	return enqueue_hold_end(fcinfo, LEDGER_VOID, 1);
 }

@@ -99,23 +99,19 @@ ledger_hold_ended(HoldState *hold, char state)
 void
 ledger_holds_load(int worker)
 {
-	Oid			argtypes[2] = {INT4OID, INT4OID};
-	Datum		args[2];
 	uint64		i;
 
 	ledger_holds_reset();
-	create_cache();
-	args[0] = Int32GetDatum(ledger_buckets);
-	args[1] = Int32GetDatum(worker);
-	if (SPI_execute_with_args("SELECT e.id, e.account_id, e.to_account, e.amount, e.expires_at"
-							  "  FROM ledger.event_log e"
-							  "  JOIN ledger.accounts a ON a.id = e.account_id"
-							  " WHERE e.kind = 'h' AND a.bucket % $1 = $2"
-							  "   AND NOT EXISTS (SELECT FROM ledger.hold_ends h"
-							  "                    WHERE h.hold_id = e.id)"
-							  "   AND ledger.row_state(e) = 'a'",
-							  2, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+	if (ledger_execute_for_worker("SELECT e.id, e.account_id, e.to_account, e.amount, e.expires_at"
+								  "  FROM ledger.event_log e"
+								  "  JOIN ledger.accounts a ON a.id = e.account_id"
+								  " WHERE e.kind = 'h' AND a.bucket % $1 = $2"
+								  "   AND NOT EXISTS (SELECT FROM ledger.hold_ends h"
+								  "                    WHERE h.hold_id = e.id)"
+								  "   AND ledger.row_state(e) = 'a'",
+								  worker) != SPI_OK_SELECT)
 		elog(ERROR, "could not load the open holds of worker %d", worker);
+	create_cache();
 	for (i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	row = SPI_tuptable->vals[i];

@@ -159,15 +159,21 @@ typedef struct ClaimedKey
 } ClaimedKey;
 
 /*
- * The rows the last SPI statement read, (key, event_id[, kind, request]),
- * by key.
+ * The keys claimed already among those of a call, as the statement sql
+ * reads them from ledger.idempotency: rows of (key, event_id[, kind,
+ * request]), by key.  Its parameters are the role ($1) and the keys ($2) of
+ * args; its plan is made the first time and kept in *plan.
  */
 static HTAB *
-claimed_keys(void)
+claimed_keys(SPIPlanPtr *plan, const char *sql, Oid *argtypes, Datum *args)
 {
 	HASHCTL		ctl;
 	HTAB	   *claimed;
 	uint64		row;
+
+	ledger_prepare_plan(plan, sql, 2, argtypes);
+	if (SPI_execute_plan(*plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read idempotency keys");
 
 	ctl.keysize = sizeof(((ClaimedKey *) NULL)->key);
 	ctl.entrysize = sizeof(ClaimedKey);
@@ -282,13 +288,10 @@ ledger_claim_keys(Oid role, KeyedRequest *reqs, int64 *ids, int n, int *element)
 			keys[i] = PointerGetDatum(sorted[i]->key);
 		args[1] = PointerGetDatum(construct_array(keys, nsorted, TEXTOID, -1, false,
 												  TYPALIGN_INT));
-		ledger_prepare_plan(&legacy_plan,
-							"SELECT i.key, i.event_id FROM ledger.idempotency i"
-							" WHERE i.role = 0 AND i.key = ANY ($2)",
-							2, argtypes);
-		if (SPI_execute_plan(legacy_plan, args, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read idempotency keys");
-		claimed = claimed_keys();
+		claimed = claimed_keys(&legacy_plan,
+							   "SELECT i.key, i.event_id FROM ledger.idempotency i"
+							   " WHERE i.role = 0 AND i.key = ANY ($2)",
+							   argtypes, args);
 		for (i = 0; i < n; i++)
 		{
 			ClaimedKey *entry;
@@ -342,13 +345,10 @@ ledger_claim_keys(Oid role, KeyedRequest *reqs, int64 *ids, int n, int *element)
 	if (SPI_execute_plan(insert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not record idempotency keys");
 
-	ledger_prepare_plan(&select_plan,
-						"SELECT i.key, i.event_id, i.kind, i.request FROM ledger.idempotency i"
-						" WHERE i.role = $1 AND i.key = ANY ($2)",
-						2, argtypes);
-	if (SPI_execute_plan(select_plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read idempotency keys");
-	claimed = claimed_keys();
+	claimed = claimed_keys(&select_plan,
+						   "SELECT i.key, i.event_id, i.kind, i.request FROM ledger.idempotency i"
+						   " WHERE i.role = $1 AND i.key = ANY ($2)",
+						   argtypes, args);
 
 	for (i = 0; i < n; i++)
 	{

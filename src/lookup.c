@@ -133,14 +133,14 @@ lookup_buckets(AccountInfo *info)
 
 	if (nmissing == 0 || !ledger_in_cluster())
 		return;
+	args[0] = ledger_int64_array(missing, nmissing);
+	args[1] = Int32GetDatum(ledger_node_id);
 	ledger_prepare_plan(&plan_cluster,
 						"SELECT d.account_id, COALESCE(c.no, -1)"
 						"  FROM ledger.directory d"
 						"  LEFT JOIN ledger.currencies c ON c.code = d.currency"
 						" WHERE d.account_id = ANY ($1) AND d.node_id <> $2",
 						2, argtypes);
-	args[0] = ledger_int64_array(missing, nmissing);
-	args[1] = Int32GetDatum(ledger_node_id);
 	if (SPI_execute_plan(plan_cluster, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up accounts");
 	for (row = 0; row < SPI_processed; row++)

@@ -2,11 +2,13 @@
  *
  * spi_tools.c
  *	  What the other files share to talk to SPI and keep things in memory:
- *	  plans kept for the backend's life, bigint arrays, hash tables keyed
- *	  by bytes, and the columns of a table by name.
+ *	  plans kept for the backend's life, look-ups by id, statements over a
+ *	  worker's buckets, bigint arrays, hash tables keyed by bytes, and the
+ *	  columns of a table by name.
  *
  * Small on purpose: each of these is used by several files, and none of
- * them knows anything of the ledger.
+ * them knows more of the ledger than how its buckets are shared out among
+ * the workers.
  *
  *-------------------------------------------------------------------------
  */
@@ -43,6 +45,40 @@ ledger_prepare_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
 		*plan = p;
 	}
 	return *plan;
+}
+
+/*
+ * Run a statement of one bigint parameter, $1, for at most one row: the
+ * look-up of a row by its id.  Its plan is made the first time and kept in
+ * *plan (ledger_prepare_plan()).  Returns SPI_execute_plan()'s result; the
+ * row, if there is one, is in SPI_tuptable.
+ */
+int
+ledger_execute_by_id(SPIPlanPtr *plan, const char *sql, int64 id)
+{
+	Oid			argtype = INT8OID;
+	Datum		arg = Int64GetDatum(id);
+
+	return SPI_execute_plan(ledger_prepare_plan(plan, sql, 1, &argtype),
+							&arg, NULL, false, 1);
+}
+
+/*
+ * Run a read-only statement over the rows of a worker's buckets: $1 is
+ * ledger.buckets and $2 the worker, for the statement to pick the buckets as
+ * ledger_worker_of_bucket() does ("bucket % $1 = $2").  For what a worker
+ * reads once per installation: the plan is not kept.  Returns
+ * SPI_execute_with_args()'s result; the rows are in SPI_tuptable.
+ */
+int
+ledger_execute_for_worker(const char *sql, int worker)
+{
+	Oid			argtypes[2] = {INT4OID, INT4OID};
+	Datum		args[2];
+
+	args[0] = Int32GetDatum(ledger_buckets);
+	args[1] = Int32GetDatum(worker);
+	return SPI_execute_with_args(sql, 2, argtypes, args, NULL, true, 0);
 }
 
 /* A bigint[] of the Datums given. */

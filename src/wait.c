@@ -213,18 +213,15 @@ static bool
 credits_confirmed(int64 event_id)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			argtype = INT8OID;
-	Datum		arg = Int64GetDatum(event_id);
 
 	if (!ledger_in_cluster())
 		return true;
-	ledger_prepare_plan(&plan,
-						"SELECT FROM ledger.transit t"
-						" WHERE t.event_id = $1 AND t.source_node = ledger.node_id()"
-						"   AND NOT EXISTS (SELECT FROM ledger.transit_acks a"
-						"                    WHERE a.source_node = t.source_node AND a.id = t.id)",
-						1, &argtype);
-	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
+	if (ledger_execute_by_id(&plan,
+							 "SELECT FROM ledger.transit t"
+							 " WHERE t.event_id = $1 AND t.source_node = ledger.node_id()"
+							 "   AND NOT EXISTS (SELECT FROM ledger.transit_acks a"
+							 "                    WHERE a.source_node = t.source_node AND a.id = t.id)",
+							 event_id) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up the credits of event " INT64_FORMAT, event_id);
 	return SPI_processed == 0;
 }
@@ -239,19 +236,16 @@ static const char *
 event_status(int64 event_id, bool credited, bool *own)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			argtype = INT8OID;
-	Datum		arg = Int64GetDatum(event_id);
 	HeapTuple	row;
 	TupleDesc	desc;
 	Datum		value;
 	bool		isnull;
 
 	ledger_require_schema();
-	ledger_prepare_plan(&plan,
-						"SELECT e.xmin, ledger.event_state(e) FROM ledger.event_log e"
-						" WHERE e.id = $1 AND e.credit_of IS NULL",
-						1, &argtype);
-	if (SPI_execute_plan(plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
+	if (ledger_execute_by_id(&plan,
+							 "SELECT e.xmin, ledger.event_state(e) FROM ledger.event_log e"
+							 " WHERE e.id = $1 AND e.credit_of IS NULL",
+							 event_id) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up event " INT64_FORMAT, event_id);
 	*own = false;
 	if (SPI_processed != 1)
