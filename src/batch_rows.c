@@ -293,8 +293,8 @@ ledger_credit_elsewhere(BatchOutput *out, QueuedEvent *ev,
 
 /* Record how a hold ended: posted (with the post), voided, or expired. */
 void
-ledger_end_hold(BatchOutput *out, HoldState *hold, char status, int64 event_id,
-		 int64 posted)
+ledger_end_hold(BatchOutput *out, HoldState *hold, char status,
+				int64 event_id, int64 posted)
 {
 	TupleTableSlot *slot = next_row(out->hold_ends);
 	Datum	   *v = slot->tts_values;
@@ -362,7 +362,7 @@ ledger_rows_end(BatchOutput *out)
 /* Write the batch's own row: its delta, how far it got, what it did. */
 void
 ledger_write_batch(BatchOutput *out, BucketState *b, bool delta_done,
-			LedgerBatchCounts *counts)
+				   LedgerBatchCounts *counts)
 {
 	BulkInsert *bulk = ledger_bulk_begin(ledger_installed.batches);
 	TupleTableSlot *slot = next_row(bulk);

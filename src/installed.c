@@ -228,8 +228,8 @@ take_over_restored_ledger(void)
  * Called inside SPI, in a transaction.
  */
 LedgerSchema
-ledger_prepare_worker(int worker, uint64 limits_before, uint64 limits_after,
-					  int *nbuckets)
+ledger_prepare_worker(int worker, uint64 limits_before,
+					  uint64 limits_after, int *nbuckets)
 {
 	Oid			extension_oid = ledger_extension_oid();
 	LedgerSchema schema = ledger_schema();
