@@ -27,6 +27,7 @@
 #include "worker.h"
 #include "batch.h"
 
+/* The columns batch.h numbers, by name, to check against the catalog. */
 static const char *const event_log_columns[] = {
 	"id", "kind", "account_id", "to_account", "amount", "to_accounts",
 	"amounts", "status", "reason", "enqueued_at", "applied_at", "hold_id",
