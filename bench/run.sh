@@ -284,14 +284,19 @@ load_queue() {
 
 # sync_history: bench.history gets the legs of ledger.transactions it does
 # not have yet.  The legs' heap is only ever appended to, so the scan starts
-# at the block the previous sync reached.
+# at HISTORY_BLOCK, the last block bench.history was known to hold in full
+# (the last block, not the next: it may have been only partly filled).
 HISTORY_BLOCK=0
+last_legs_block() {
+	sql "SELECT greatest(pg_relation_size('ledger.transactions')
+						  / current_setting('block_size')::int - 1, 0)"
+}
 sync_history() {
-	local blocks
-	blocks=$(sql "SELECT pg_relation_size('ledger.transactions') / current_setting('block_size')::int")
+	local block
+	block=$(last_legs_block)
 	sql "INSERT INTO bench.history SELECT * FROM ledger.transactions t
 		  WHERE t.ctid >= '($HISTORY_BLOCK,0)'::tid ON CONFLICT DO NOTHING" >/dev/null
-	HISTORY_BLOCK=$blocks
+	HISTORY_BLOCK=$block
 }
 
 # copy_legs TABLE: milliseconds to COPY the drained legs into TABLE
@@ -342,6 +347,8 @@ workload_apply() {
 
 			sql "CHECKPOINT" >/dev/null
 			copy_ms=$(copy_legs bench.history)
+			# it holds the drain's legs now: the next sync need not read them
+			HISTORY_BLOCK=$(last_legs_block)
 			record "apply/$BUCKETS/$mix/copyhist" "$(awk -v l="$legs" -v ms="$copy_ms" 'BEGIN { printf "%.0f", l / (ms / 1000) }')"
 			progress "3 apply    $mix, $BUCKETS bucket(s), run $rep/$REPS: $events events, $legs legs in $(printf '%.2f' "$seconds") s; COPY of the legs beside the same history: $(printf '%.2f' "$(awk -v ms="$copy_ms" 'BEGIN { print ms / 1000 }')") s"
 			sql "TRUNCATE bench.legs" >/dev/null

@@ -173,7 +173,8 @@ typedef struct Waiting
 } Waiting;
 
 /* delta.c */
-extern int	ledger_serve_buckets(void);
+extern void ledger_serve_buckets(void);
+extern int	ledger_served_buckets(void);
 extern BucketState *ledger_served_bucket(int index);
 extern void ledger_delta_begin(BucketState *b);
 extern QueuedEvent *ledger_fetch_batch(BucketState *b, int batch_size,

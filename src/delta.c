@@ -51,6 +51,13 @@ ledger_delta_reset(void)
 	ledger_free_plan(&fetch_xip_plan);
 }
 
+/* How many buckets this worker serves (ledger_serve_buckets()). */
+int
+ledger_served_buckets(void)
+{
+	return nserved_buckets;
+}
+
 BucketState *
 ledger_served_bucket(int index)
 {
@@ -151,12 +158,11 @@ load_delta(BucketState *b)
 
 /*
  * Find the buckets this worker serves, make sure each has its external
- * accounts, and read where each bucket's batches got to; returns how many
- * there are.  Buckets numbered ledger.buckets or more hold accounts opened
+ * accounts, and read where each bucket's batches got to.  Buckets numbered ledger.buckets or more hold accounts opened
  * while the setting was higher; worker (bucket mod ledger.buckets) serves
  * them, so that each account still has one worker.
  */
-int
+void
 ledger_serve_buckets(void)
 {
 	int			my_worker = ledger_installed.worker;
@@ -206,7 +212,6 @@ ledger_serve_buckets(void)
 				 served_buckets[i].bucket);
 		load_delta(&served_buckets[i]);
 	}
-	return nserved_buckets;
 }
 
 /* Reading the batch */

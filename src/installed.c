@@ -73,7 +73,6 @@ LedgerInstalled ledger_installed = {.worker = -1};
 
 static Oid	ledger_extension = InvalidOid;
 static uint64 seen_limits_generation = 0;
-static int	nserved_buckets = 0;
 
 /*
  * Forget everything cached about the extension's objects: called when the
@@ -277,7 +276,7 @@ ledger_prepare_worker(int worker, uint64 limits_before,
 			ledger_relation("transit", transit_columns, TRANSIT_NATTS) :
 			InvalidOid;
 		take_over_restored_ledger();
-		nserved_buckets = ledger_serve_buckets();
+		ledger_serve_buckets();
 		ledger_holds_load(worker);
 		ledger_supply_load(worker);
 		seen_limits_generation = limits_before;
@@ -288,7 +287,7 @@ ledger_prepare_worker(int worker, uint64 limits_before,
 		ledger_accounts_reset();
 		seen_limits_generation = limits_before;
 	}
-	*nbuckets = nserved_buckets;
+	*nbuckets = ledger_served_buckets();
 	return LEDGER_SCHEMA_CURRENT;
 }
 
