@@ -4,7 +4,7 @@ OBJS = $(patsubst %.c,%.o,$(wildcard src/*.c))
 EXTENSION = ledger ledger_proxy
 DATA = ledger--1.0.sql ledger--1.0--1.1.sql ledger--1.1--1.2.sql \
 	ledger--1.2--1.3.sql ledger--1.3--1.4.sql ledger--1.4--1.5.sql ledger--1.5--1.6.sql ledger--1.6--1.7.sql \
-	ledger--1.7--1.8.sql \
+	ledger--1.7--1.8.sql ledger--1.8--1.9.sql \
 	ledger_proxy--1.0.sql ledger_proxy--1.0--1.1.sql ledger_proxy--1.1--1.2.sql
 # the library's version is the extension's default one
 LEDGER_VERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" ledger.control)

@@ -37,6 +37,8 @@ typedef struct AccountState
 	int64		balance;
 	int64		held;			/* open holds, reserved out of the balance */
 	int64		last_txn_id;	/* its newest leg, or 0 */
+	TimestampTz last_leg_at;	/* and its time */
+	bool		closed;			/* closed (ledger_close_account()) */
 	int64		bp_balance;		/* balance at its newest breakpoint */
 	int64		bp_first_txn_id;	/* first leg id the next breakpoint covers */
 	int32		legs_since_bp;

@@ -35,14 +35,16 @@ enum
 	LOG_ID, LOG_KIND, LOG_ACCOUNT_ID, LOG_TO_ACCOUNT, LOG_AMOUNT,
 	LOG_TO_ACCOUNTS, LOG_AMOUNTS, LOG_STATUS, LOG_REASON, LOG_ENQUEUED_AT,
 	LOG_APPLIED_AT, LOG_HOLD_ID, LOG_EXPIRES_AT, LOG_METADATA, LOG_BUCKET,
-	LOG_TXID, LOG_WAITS_FROM, LOG_CREDIT_OF, LOG_NATTS
+	LOG_TXID, LOG_WAITS_FROM, LOG_CREDIT_OF, LOG_OCCURRED_AT, LOG_LINK_OF,
+	LOG_NATTS
 };
 
 enum
 {
 	BATCHES_BUCKET, BATCHES_ID, BATCHES_PREV, BATCHES_CUR, BATCHES_CUR_XMAX,
 	BATCHES_CURSOR_TXID, BATCHES_CURSOR_ID, BATCHES_DECIDED_AT,
-	BATCHES_APPLIED, BATCHES_REJECTED, BATCHES_NATTS
+	BATCHES_APPLIED, BATCHES_REJECTED, BATCHES_FIRST_LEG, BATCHES_LAST_LEG,
+	BATCHES_HASH, BATCHES_NATTS
 };
 
 enum
@@ -112,6 +114,7 @@ typedef struct LedgerInstalled
 	Oid			breakpoints;
 	Oid			hold_ends;
 	Oid			account_holds;
+	Oid			linked_votes;
 	Oid			transit;		/* InvalidOid but in a cluster */
 } LedgerInstalled;
 
@@ -130,6 +133,8 @@ typedef struct QueuedEvent
 	int64		waits_from;		/* see order.c; or 0 */
 	Datum		txid;			/* xid8 */
 	bool		was_deferred;	/* left for later by an earlier batch */
+	TimestampTz occurred_at;	/* imported: when it happened; else 0 */
+	int64		link_of;		/* a linked transfer's group, or 0 */
 	int			npayees;		/* transfers, disbursements, credits, posts */
 	int64	   *payees;
 	int64	   *amounts;
@@ -161,9 +166,12 @@ typedef struct BatchOutput
 	BulkInsert *transit;		/* NULL but in a cluster */
 	BulkInsert *outcomes;
 	BulkInsert *deferred;
+	BulkInsert *votes;
 	int64		batch_id;
 	Datum		txid;			/* the batch's own (xid8), for its credits */
 	TimestampTz now;
+	TimestampTz leg_time;		/* the time of the legs being posted */
+	struct BatchChain *chain;	/* chain.c */
 } BatchOutput;
 
 /* The accounts whose events wait in this batch: their later ones wait too. */
@@ -171,6 +179,12 @@ typedef struct Waiting
 {
 	HTAB	   *accounts;
 } Waiting;
+
+enum
+{
+	LINKED_VOTES_EVENT_ID, LINKED_VOTES_BATCH_ID, LINKED_VOTES_VOTED_AT,
+	LINKED_VOTES_NATTS
+};
 
 /* delta.c */
 extern void ledger_serve_buckets(void);
@@ -189,9 +203,29 @@ extern void ledger_load_batch_accounts(QueuedEvent *events, int nevents,
 extern bool ledger_must_wait(Waiting *w, BucketState *b, QueuedEvent *ev,
 							 TimestampTz now);
 extern const char *ledger_decide(BatchOutput *out, QueuedEvent *ev);
+extern const char *ledger_find_payees(QueuedEvent *ev, AccountState **payees);
+extern void ledger_pay(BatchOutput *out, QueuedEvent *ev, AccountState *payer,
+					   AccountState **payees);
 extern bool ledger_apply_credit(BatchOutput *out, QueuedEvent *ev);
 extern int	ledger_expire_holds(BatchOutput *out);
 extern void ledger_decide_reset(void);
+
+/* linked.c */
+extern const char *ledger_decide_linked(BatchOutput *out, BucketState *b,
+										Waiting *w, QueuedEvent *ev, bool *wait);
+extern void ledger_linked_reset(void);
+
+/* chain.c */
+extern void ledger_chain_begin(BatchOutput *out);
+extern void ledger_chain_leg(BatchOutput *out, int64 id, int64 account_id,
+							 int64 event_id, int64 amount, int64 balance_after,
+							 TimestampTz created_at);
+extern void ledger_chain_outcome(BatchOutput *out, int64 event_id, char status,
+								 const char *reason);
+extern bool ledger_chain_any(BatchOutput *out);
+extern void ledger_chain_end(BatchOutput *out, int bucket, int applied,
+							 int rejected, Datum *values, bool *isnull);
+extern void ledger_chain_reset(void);
 
 /* batch_rows.c */
 extern void ledger_rows_begin(BatchOutput *out, TimestampTz now);
@@ -207,6 +241,7 @@ extern void ledger_record_outcome(BatchOutput *out, QueuedEvent *ev,
 								  const char *reason);
 extern void ledger_record_deferral(BatchOutput *out, BucketState *b,
 								   QueuedEvent *ev);
+extern void ledger_record_vote(BatchOutput *out, QueuedEvent *ev);
 extern void ledger_write_batch(BatchOutput *out, BucketState *b,
 							   bool delta_done, LedgerBatchCounts *counts);
 

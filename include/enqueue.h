@@ -37,6 +37,7 @@ typedef struct Movement
 	text	   *idempotency_key;	/* or NULL */
 	Jsonb	   *metadata;		/* or NULL */
 	int64		waits_from;		/* see order.c; 0: none */
+	int64		link_of;		/* a linked transfer's group; 0: none */
 } Movement;
 
 /* What enqueueing needs to know of the accounts a call names. */

@@ -38,6 +38,9 @@
 #define LEDGER_HOLD			'h'		/* since 1.2 */
 #define LEDGER_POST			'p'
 #define LEDGER_VOID			'v'
+#define LEDGER_LINKED		'l'		/* since 1.9 */
+#define LEDGER_CLOSE		'x'
+#define LEDGER_REOPEN		'o'
 
 /* How a hold ended, as stored in ledger.hold_ends.status. */
 #define LEDGER_HOLD_POSTED	'p'

@@ -390,6 +390,10 @@ enter_account(HeapTuple row, TupleDesc desc, int worker)
 	acct->max_amount = int64_or(row, desc, 10, LEDGER_NO_LIMIT);
 	acct->daily_debit_limit = int64_or(row, desc, 11, LEDGER_NO_LIMIT);
 	acct->held = int64_or(row, desc, 12, 0);
+	acct->last_leg_at = DatumGetTimestampTz(SPI_getbinval(row, desc, 13, &isnull));
+	if (isnull)
+		acct->last_leg_at = DT_NOBEGIN;
+	acct->closed = DatumGetBool(SPI_getbinval(row, desc, 14, &isnull)) && !isnull;
 	if (acct->owned)
 		acct->supply = supply_of(acct->bucket, acct->currency);
 }
@@ -455,17 +459,18 @@ ledger_load_accounts(int64 *ids, int nids, int worker, bool in_cluster,
 
 	/*
 	 * Columns: id, bucket, allow_negative, newest leg and its balance,
-	 * newest breakpoint and its balance, currency, limits, and the running
-	 * total of open holds.
+	 * newest breakpoint and its balance, currency, limits, the running
+	 * total of open holds, the newest leg's time, and whether it is closed.
 	 */
 	ledger_prepare_plan(&load_plan,
 						"SELECT a.id, a.bucket, a.allow_negative,"
 						"       t.id, t.balance_after, b.last_txn_id, b.current_balance,"
 						"       a.currency, l.overdraft_limit, l.max_amount,"
-						"       l.daily_debit_limit, h.held"
+						"       l.daily_debit_limit, h.held, t.created_at, c.closed"
 						"  FROM ledger.accounts a"
 						"  LEFT JOIN LATERAL"
-						"       (SELECT t.id, t.balance_after FROM ledger.transactions t"
+						"       (SELECT t.id, t.balance_after, t.created_at"
+						"          FROM ledger.transactions t"
 						"         WHERE t.account_id = a.id"
 						"         ORDER BY t.id DESC LIMIT 1) t ON true"
 						"  LEFT JOIN LATERAL"
@@ -480,6 +485,10 @@ ledger_load_accounts(int64 *ids, int nids, int worker, bool in_cluster,
 						"       (SELECT h.held FROM ledger.account_holds h"
 						"         WHERE h.account_id = a.id"
 						"         ORDER BY h.id DESC LIMIT 1) h ON true"
+						"  LEFT JOIN LATERAL"
+						"       (SELECT c.closed FROM ledger.closures c"
+						"         WHERE c.account_id = a.id"
+						"         ORDER BY c.event_id DESC LIMIT 1) c ON true"
 						" WHERE a.id = ANY ($1)",
 						1, &argtype);
 	arg = ledger_bigint_array(wanted, nwanted);
@@ -529,6 +538,11 @@ ledger_can_debit(AccountState *acct, int64 amount, TimestampTz now,
 	int128		after = (int128) acct->balance - amount;
 	int128		available = after - acct->held;
 
+	if (acct->closed)
+	{
+		*reason = "account_closed";
+		return false;
+	}
 	if (acct->max_amount != LEDGER_NO_LIMIT && amount > acct->max_amount)
 	{
 		*reason = "max_amount";
@@ -573,6 +587,11 @@ ledger_can_credit(AccountState *acct, int64 amount, const char **reason)
 {
 	int64		result;
 
+	if (acct->closed)
+	{
+		*reason = "account_closed";
+		return false;
+	}
 	if (pg_add_s64_overflow(acct->balance, amount, &result))
 	{
 		*reason = "overflow";

@@ -84,14 +84,28 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 			}
 			continue;
 		}
-		if (ledger_must_wait(&waiting, b, ev, now))
+		if (ev->kind == LEDGER_LINKED)
+		{
+			bool		wait;
+
+			reason = ledger_decide_linked(&out, b, &waiting, ev, &wait);
+			if (wait)
+			{
+				ledger_record_deferral(&out, b, ev);
+				counts->deferred++;
+				continue;
+			}
+		}
+		else if (ledger_must_wait(&waiting, b, ev, now))
 		{
 			ledger_record_deferral(&out, b, ev);
 			counts->deferred++;
 			continue;
 		}
-
-		reason = ledger_decide(&out, ev);
+		else
+			reason = ledger_decide(&out, ev);
+		/* an imported event's legs were posted at its own time */
+		out.leg_time = now;
 		ledger_record_outcome(&out, ev, reason);
 		if (reason)
 			counts->rejected++;
@@ -102,8 +116,11 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 	ledger_rows_end(&out);
 	ledger_holds_end_batch();
 
-	/* a batch that read new events, or decided any, says so */
-	if (nevents > nwaiting || counts->deferred < nevents)
+	/*
+	 * A batch that read new events, or decided any, says so; and one that
+	 * wrote legs (expiring holds writes none) or outcomes, for the chain.
+	 */
+	if (nevents > nwaiting || counts->deferred < nevents || ledger_chain_any(&out))
 		ledger_write_batch(&out, b, !more, counts);
 	if (!more)
 		ledger_delta_end(b);

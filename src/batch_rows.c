@@ -37,6 +37,7 @@ ledger_rows_begin(BatchOutput *out, TimestampTz now)
 	LedgerInstalled *in = &ledger_installed;
 
 	out->now = now;
+	out->leg_time = now;
 	out->batch_id = nextval_internal(in->batch_seq, false);
 	out->txid = FullTransactionIdGetDatum(GetTopFullTransactionId());
 	out->legs = ledger_bulk_begin(in->transactions);
@@ -46,6 +47,8 @@ ledger_rows_begin(BatchOutput *out, TimestampTz now)
 	out->transit = in->cluster_mode ? ledger_bulk_begin(in->transit) : NULL;
 	out->outcomes = ledger_bulk_begin(in->outcomes);
 	out->deferred = ledger_bulk_begin(in->deferred);
+	out->votes = ledger_bulk_begin(in->linked_votes);
+	ledger_chain_begin(out);
 }
 
 /*
@@ -75,7 +78,8 @@ write_breakpoint(BatchOutput *out, AccountState *acct)
 	v[BREAKPOINTS_AMOUNT_DIFFERENCE] = Int64GetDatum(acct->balance - acct->bp_balance);
 	v[BREAKPOINTS_FIRST_TXN_ID] = Int64GetDatum(acct->bp_first_txn_id);
 	v[BREAKPOINTS_LAST_TXN_ID] = Int64GetDatum(acct->last_txn_id);
-	v[BREAKPOINTS_CREATED_AT] = TimestampTzGetDatum(out->now);
+	/* as of its last leg: an imported history's are in the past */
+	v[BREAKPOINTS_CREATED_AT] = TimestampTzGetDatum(out->leg_time);
 	ledger_bulk_add_row(out->breakpoints, slot);
 
 	acct->bp_balance = acct->balance;
@@ -108,6 +112,7 @@ ledger_post_leg(BatchOutput *out, AccountState *acct, int64 event_id,
 	ledger_account_set(acct, acct->balance + amount, acct->held);
 	acct->last_txn_id = nextval_internal(ledger_installed.transaction_seq, false);
 	acct->legs_since_bp++;
+	acct->last_leg_at = out->leg_time;
 	if (amount < 0)
 		ledger_note_debit(acct, -amount, out->now);
 
@@ -116,8 +121,10 @@ ledger_post_leg(BatchOutput *out, AccountState *acct, int64 event_id,
 	v[TRANSACTIONS_EVENT_ID] = Int64GetDatum(event_id);
 	v[TRANSACTIONS_AMOUNT] = Int64GetDatum(amount);
 	v[TRANSACTIONS_BALANCE_AFTER] = Int64GetDatum(acct->balance);
-	v[TRANSACTIONS_CREATED_AT] = TimestampTzGetDatum(out->now);
+	v[TRANSACTIONS_CREATED_AT] = TimestampTzGetDatum(out->leg_time);
 	ledger_bulk_add_row(out->legs, slot);
+	ledger_chain_leg(out, acct->last_txn_id, acct->id, event_id, amount,
+					 acct->balance, out->leg_time);
 
 	if (acct->legs_since_bp >= ledger_breakpoint_interval)
 		write_breakpoint(out, acct);
@@ -143,6 +150,8 @@ ledger_record_outcome(BatchOutput *out, QueuedEvent *ev, const char *reason)
 		v[OUTCOMES_BATCH_ID] = Int64GetDatum(out->batch_id);
 		v[OUTCOMES_DECIDED_AT] = TimestampTzGetDatum(out->now);
 		ledger_bulk_add_row(out->outcomes, slot);
+		ledger_chain_outcome(out, ev->row_id,
+							 reason ? LEDGER_REJECTED : LEDGER_APPLIED, reason);
 	}
 
 	/*
@@ -268,6 +277,9 @@ queue_credit(BatchOutput *out, QueuedEvent *ev, AccountState **payees,
 	v[LOG_BUCKET] = Int32GetDatum(bucket);
 	v[LOG_TXID] = out->txid;
 	v[LOG_CREDIT_OF] = Int64GetDatum(ev->id);
+	/* an imported event's credit is posted at the event's time too */
+	v[LOG_OCCURRED_AT] = TimestampTzGetDatum(ev->occurred_at);
+	isnull[LOG_OCCURRED_AT] = ev->occurred_at == 0;
 	isnull[LOG_ID] = isnull[LOG_KIND] = isnull[LOG_ACCOUNT_ID] = false;
 	isnull[LOG_AMOUNT] = isnull[LOG_TO_ACCOUNTS] = isnull[LOG_AMOUNTS] = false;
 	isnull[LOG_ENQUEUED_AT] = isnull[LOG_BUCKET] = isnull[LOG_TXID] = false;
@@ -356,10 +368,27 @@ ledger_rows_end(BatchOutput *out)
 		ledger_bulk_end(out->transit);
 	ledger_bulk_end(out->outcomes);
 	ledger_bulk_end(out->deferred);
+	ledger_bulk_end(out->votes);
 	write_held(out);
 }
 
-/* Write the batch's own row: its delta, how far it got, what it did. */
+/* A linked transfer has checked its payer and set its amount aside. */
+void
+ledger_record_vote(BatchOutput *out, QueuedEvent *ev)
+{
+	TupleTableSlot *slot = next_row(out->votes);
+	Datum	   *v = slot->tts_values;
+
+	v[LINKED_VOTES_EVENT_ID] = Int64GetDatum(ev->row_id);
+	v[LINKED_VOTES_BATCH_ID] = Int64GetDatum(out->batch_id);
+	v[LINKED_VOTES_VOTED_AT] = TimestampTzGetDatum(out->now);
+	ledger_bulk_add_row(out->votes, slot);
+}
+
+/*
+ * Write the batch's own row: its delta, how far it got, what it did, and
+ * its link of the bucket's hash chain.
+ */
 void
 ledger_write_batch(BatchOutput *out, BucketState *b, bool delta_done,
 				   LedgerBatchCounts *counts)
@@ -367,6 +396,7 @@ ledger_write_batch(BatchOutput *out, BucketState *b, bool delta_done,
 	BulkInsert *bulk = ledger_bulk_begin(ledger_installed.batches);
 	TupleTableSlot *slot = next_row(bulk);
 	Datum	   *v = slot->tts_values;
+	int			applied = counts->applied + counts->credits;
 
 	v[BATCHES_BUCKET] = Int32GetDatum(b->bucket);
 	v[BATCHES_ID] = Int64GetDatum(out->batch_id);
@@ -378,8 +408,9 @@ ledger_write_batch(BatchOutput *out, BucketState *b, bool delta_done,
 	slot->tts_isnull[BATCHES_CURSOR_TXID] = delta_done;
 	slot->tts_isnull[BATCHES_CURSOR_ID] = delta_done;
 	v[BATCHES_DECIDED_AT] = TimestampTzGetDatum(out->now);
-	v[BATCHES_APPLIED] = Int32GetDatum(counts->applied + counts->credits);
+	v[BATCHES_APPLIED] = Int32GetDatum(applied);
 	v[BATCHES_REJECTED] = Int32GetDatum(counts->rejected);
+	ledger_chain_end(out, b->bucket, applied, counts->rejected, v, slot->tts_isnull);
 	ledger_bulk_add_row(bulk, slot);
 	ledger_bulk_end(bulk);
 }

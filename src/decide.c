@@ -32,6 +32,7 @@
 #include "utils/memutils.h"
 
 #include "ledger.h"
+#include "wait.h"
 #include "batch.h"
 
 /* Credits held back that were reported already: reported once each. */
@@ -128,6 +129,22 @@ ledger_load_batch_accounts(QueuedEvent *events, int nevents, TimestampTz now)
 /* Deciding */
 
 /*
+ * The time of a leg of an imported deposit or withdrawal: the event's, but
+ * for the external account, which moves with every deposit of its bucket
+ * and keeps its legs in time order (see ledger_apply_credit()) by taking
+ * the later of the event's time and its newest leg's.
+ */
+static void
+imported_leg_time(BatchOutput *out, QueuedEvent *ev, AccountState *acct,
+				  AccountState *external)
+{
+	if (ev->occurred_at == 0)
+		return;
+	out->leg_time = acct == external ?
+		Max(ev->occurred_at, external->last_leg_at) : ev->occurred_at;
+}
+
+/*
  * Deposit or withdrawal: the account against its bucket's external account
  * in its currency.
  */
@@ -152,7 +169,9 @@ apply_external(BatchOutput *out, QueuedEvent *ev)
 		!ledger_can_credit(to, ev->amount, &reason))
 		return reason;
 
+	imported_leg_time(out, ev, from, external);
 	ledger_post_leg(out, from, ev->id, -ev->amount);
+	imported_leg_time(out, ev, to, external);
 	ledger_post_leg(out, to, ev->id, ev->amount);
 	return NULL;
 }
@@ -162,9 +181,9 @@ apply_external(BatchOutput *out, QueuedEvent *ev)
  * payees this worker owns, and queue credit entries for the payees of other
  * buckets.
  */
-static void
-pay(BatchOutput *out, QueuedEvent *ev, AccountState *payer,
-	AccountState **payees)
+void
+ledger_pay(BatchOutput *out, QueuedEvent *ev, AccountState *payer,
+		   AccountState **payees)
 {
 	bool	   *done = palloc(sizeof(bool) * ev->npayees);
 	int			p;
@@ -185,8 +204,8 @@ pay(BatchOutput *out, QueuedEvent *ev, AccountState *payer,
  * Find the payees of an event in the cache, and check the ones this worker
  * owns can take their amounts.  NULL when they can; else the reason.
  */
-static const char *
-find_payees(QueuedEvent *ev, AccountState **payees)
+const char *
+ledger_find_payees(QueuedEvent *ev, AccountState **payees)
 {
 	const char *reason = NULL;
 	int			p;
@@ -198,6 +217,14 @@ find_payees(QueuedEvent *ev, AccountState **payees)
 			return "unknown_account";
 		if (payees[p]->owned && !ledger_can_credit(payees[p], ev->amounts[p], &reason))
 			return reason;
+
+		/*
+		 * A payee of another bucket closed as this worker last loaded it.
+		 * One closed since gets the credit held back there (see
+		 * ledger_apply_credit()) until it is reopened.
+		 */
+		if (!payees[p]->owned && payees[p]->closed)
+			return "account_closed";
 	}
 	return NULL;
 }
@@ -217,10 +244,10 @@ apply_payment(BatchOutput *out, QueuedEvent *ev)
 		return "unknown_account";
 	if (!ledger_can_debit(payer, ev->amount, out->now, &reason))
 		return reason;
-	if ((reason = find_payees(ev, payees)) != NULL)
+	if ((reason = ledger_find_payees(ev, payees)) != NULL)
 		return reason;
 
-	pay(out, ev, payer, payees);
+	ledger_pay(out, ev, payer, payees);
 	return NULL;
 }
 
@@ -318,11 +345,11 @@ apply_post(BatchOutput *out, QueuedEvent *ev)
 		return "unknown_account";
 	if (pg_sub_s64_overflow(payer->balance, ev->amount, &result))
 		return "overflow";
-	if ((reason = find_payees(ev, &payee)) != NULL)
+	if ((reason = ledger_find_payees(ev, &payee)) != NULL)
 		return reason;
 
 	ledger_end_hold(out, hold, LEDGER_HOLD_POSTED, ev->id, ev->amount);
-	pay(out, ev, payer, &payee);
+	ledger_pay(out, ev, payer, &payee);
 	return NULL;
 }
 
@@ -337,6 +364,69 @@ apply_void(BatchOutput *out, QueuedEvent *ev)
 		return reason;
 	ledger_end_hold(out, hold, LEDGER_HOLD_VOIDED, ev->id, 0);
 	return NULL;
+}
+
+/*
+ * Close or reopen an account.  A close is refused while holds are open or
+ * the balance is not zero: nothing is left behind in a closed account, and
+ * no hold can be posted out of it.  The state goes into ledger.closures,
+ * and the other workers reload the accounts they hold before their next
+ * batch, so that they refuse payments to it too.
+ */
+static const char *
+apply_closure(BatchOutput *out, QueuedEvent *ev)
+{
+	AccountState *acct = ledger_find_account(ev->account_id);
+	bool		closing = ev->kind == LEDGER_CLOSE;
+	Oid			argtypes[5] = {INT8OID, INT8OID, BOOLOID, INT8OID, TIMESTAMPTZOID};
+	Datum		args[5];
+
+	if (acct == NULL || !acct->owned)
+		return "unknown_account";
+	if (closing && acct->closed)
+		return "account_closed";
+	if (!closing && !acct->closed)
+		return "account_open";
+	if (closing && acct->held != 0)
+		return "holds_open";
+	if (closing && acct->balance != 0)
+		return "balance_not_zero";
+
+	args[0] = Int64GetDatum(acct->id);
+	args[1] = Int64GetDatum(ev->id);
+	args[2] = BoolGetDatum(closing);
+	args[3] = Int64GetDatum(acct->balance);
+	args[4] = TimestampTzGetDatum(out->now);
+	if (SPI_execute_with_args("INSERT INTO ledger.closures"
+							  " (account_id, event_id, closed, balance, changed_at)"
+							  " VALUES ($1, $2, $3, $4, $5)",
+							  5, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the closure of account " INT64_FORMAT, acct->id);
+	acct->closed = closing;
+	ledger_limits_changed_at_commit();
+	return NULL;
+}
+
+/*
+ * An imported event (ledger_import()) is posted at the time it happened,
+ * which may not be older than the newest leg of its payer or of a payee of
+ * this bucket: an account's legs are in time order.
+ */
+static bool
+imported_in_order(QueuedEvent *ev)
+{
+	AccountState *acct = ledger_find_account(ev->account_id);
+	int			p;
+
+	if (acct != NULL && acct->owned && acct->last_leg_at > ev->occurred_at)
+		return false;
+	for (p = 0; p < ev->npayees; p++)
+	{
+		acct = ledger_find_account(ev->payees[p]);
+		if (acct != NULL && acct->owned && acct->last_leg_at > ev->occurred_at)
+			return false;
+	}
+	return true;
 }
 
 /* Expire the open holds of the worker whose timeout has passed. */
@@ -364,7 +454,10 @@ ledger_expire_holds(BatchOutput *out)
  * bound held (accounts.c).  A ledger that was over it before 1.5 could hold
  * a balance a credit would overflow: that credit then stays queued (its
  * event pending, its money counted in flight by ledger_verify()) until the
- * payee's balance leaves room for it, reported once.
+ * payee's balance leaves room for it, reported once.  So does a credit to
+ * an account closed after its payer's bucket decided the event, until the
+ * account is reopened: a close waits for the credits it knows of, but the
+ * payer's bucket may have decided before it learned of the close.
  */
 bool
 ledger_apply_credit(BatchOutput *out, QueuedEvent *ev)
@@ -386,7 +479,13 @@ ledger_apply_credit(BatchOutput *out, QueuedEvent *ev)
 													  sizeof(int64), sizeof(int64),
 													  TopMemoryContext);
 			(void) hash_search(reported_credits, &ev->row_id, HASH_ENTER, &reported);
-			if (!reported)
+			if (!reported && payee != NULL && payee->closed)
+				ereport(WARNING,
+						(errmsg("ledger: credit of event " INT64_FORMAT " to account " INT64_FORMAT " is held back",
+								ev->id, ev->payees[p]),
+						 errdetail("The account was closed after the event was decided."),
+						 errhint("It is posted if the account is reopened; ledger_health() lists it meanwhile.")));
+			else if (!reported)
 				ereport(WARNING,
 						(errmsg("ledger: credit of event " INT64_FORMAT " to account " INT64_FORMAT " is held back",
 								ev->id, ev->payees[p]),
@@ -397,7 +496,19 @@ ledger_apply_credit(BatchOutput *out, QueuedEvent *ev)
 		}
 	}
 	for (p = 0; p < ev->npayees; p++)
-		ledger_post_leg(out, ledger_find_account(ev->payees[p]), ev->id, ev->amounts[p]);
+	{
+		AccountState *payee = ledger_find_account(ev->payees[p]);
+
+		/*
+		 * An imported event's credit at the event's time, unless the payee
+		 * has a later leg already: an account's legs stay in time order,
+		 * which reads as of a time rely on.
+		 */
+		out->leg_time = ev->occurred_at == 0 ? out->now :
+			Max(ev->occurred_at, payee->last_leg_at);
+		ledger_post_leg(out, payee, ev->id, ev->amounts[p]);
+	}
+	out->leg_time = out->now;
 	ledger_record_outcome(out, ev, NULL);
 	if (reported_credits)
 		(void) hash_search(reported_credits, &ev->row_id, HASH_REMOVE, NULL);
@@ -512,6 +623,12 @@ ledger_must_wait(Waiting *w, BucketState *b, QueuedEvent *ev, TimestampTz now)
 const char *
 ledger_decide(BatchOutput *out, QueuedEvent *ev)
 {
+	if (ev->occurred_at != 0)
+	{
+		if (!imported_in_order(ev))
+			return "out_of_order";
+		out->leg_time = ev->occurred_at;
+	}
 	switch (ev->kind)
 	{
 		case LEDGER_DEPOSIT:
@@ -526,6 +643,9 @@ ledger_decide(BatchOutput *out, QueuedEvent *ev)
 			return apply_post(out, ev);
 		case LEDGER_VOID:
 			return apply_void(out, ev);
+		case LEDGER_CLOSE:
+		case LEDGER_REOPEN:
+			return apply_closure(out, ev);
 	}
 	elog(ERROR, "event " INT64_FORMAT " has unknown kind '%c'", ev->id, ev->kind);
 	return NULL;				/* keep compiler quiet */

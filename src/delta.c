@@ -246,9 +246,12 @@ read_event(Datum *row, bool *isnull, QueuedEvent *ev)
 		DatumGetTimestampTz(row[LOG_EXPIRES_AT]);
 	ev->waits_from = isnull[LOG_WAITS_FROM] ? 0 : DatumGetInt64(row[LOG_WAITS_FROM]);
 	ev->txid = row[LOG_TXID];
+	ev->occurred_at = isnull[LOG_OCCURRED_AT] ? 0 :
+		DatumGetTimestampTz(row[LOG_OCCURRED_AT]);
+	ev->link_of = isnull[LOG_LINK_OF] ? 0 : DatumGetInt64(row[LOG_LINK_OF]);
 
 	if (ev->kind == LEDGER_TRANSFER || ev->kind == LEDGER_HOLD ||
-		ev->kind == LEDGER_POST)
+		ev->kind == LEDGER_POST || ev->kind == LEDGER_LINKED)
 	{
 		/*
 		 * A transfer is a disbursement to one payee; so is a post, of an

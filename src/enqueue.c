@@ -105,12 +105,12 @@ enum
 	QUEUE_BUCKET, QUEUE_ID, QUEUE_KIND, QUEUE_ACCOUNT_ID, QUEUE_TO_ACCOUNT,
 	QUEUE_AMOUNT, QUEUE_TO_ACCOUNTS, QUEUE_AMOUNTS, QUEUE_ENQUEUED_AT,
 	QUEUE_HOLD_ID, QUEUE_EXPIRES_AT, QUEUE_METADATA, QUEUE_WAITS_FROM,
-	QUEUE_TXID, QUEUE_NCOLUMNS
+	QUEUE_TXID, QUEUE_LINK_OF, QUEUE_NCOLUMNS
 };
 static const char *const queue_columns[QUEUE_NCOLUMNS] = {
 	"bucket", "id", "kind", "account_id", "to_account", "amount",
 	"to_accounts", "amounts", "enqueued_at", "hold_id", "expires_at",
-	"metadata", "waits_from", "txid"
+	"metadata", "waits_from", "txid", "link_of"
 };
 
 /*
@@ -158,6 +158,8 @@ ledger_insert_queue_row(Movement *m, int bucket, int64 event_id)
 	v[QUEUE_WAITS_FROM] = Int64GetDatum(m->waits_from);
 	n[QUEUE_WAITS_FROM] = m->waits_from == 0;
 	v[QUEUE_TXID] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	v[QUEUE_LINK_OF] = Int64GetDatum(m->link_of);
+	n[QUEUE_LINK_OF] = m->link_of == 0;
 	ledger_insert_row(relid, attnums, v, n, QUEUE_NCOLUMNS);
 }
 
@@ -166,7 +168,7 @@ static bool
 is_debit(char kind)
 {
 	return kind == LEDGER_WITHDRAW || kind == LEDGER_TRANSFER ||
-		kind == LEDGER_DISBURSE || kind == LEDGER_HOLD;
+		kind == LEDGER_DISBURSE || kind == LEDGER_HOLD || kind == LEDGER_LINKED;
 }
 
 /*
@@ -535,4 +537,38 @@ Datum
 ledger_void(PG_FUNCTION_ARGS)
 {
 	return enqueue_hold_end(fcinfo, LEDGER_VOID, 1);
+}
+
+/*
+ * Close or reopen an account: an event of its bucket, decided in order
+ * with the account's other events (see apply_closure() in decide.c).
+ * Operators only, by the grants of ledger--1.8--1.9.sql.
+ */
+static Datum
+enqueue_closure(FunctionCallInfo fcinfo, char kind)
+{
+	Movement	m = {0};
+
+	ledger_require_arg(fcinfo, 0, "account_id");
+	m.kind = kind;
+	m.account_id = PG_GETARG_INT64(0);
+	ledger_check_account_id(m.account_id);
+
+	PG_RETURN_INT64(enqueue_movement(fcinfo, &m, 1));
+}
+
+/* ledger_close_account(account_id) - no debit or credit from now on. */
+PG_FUNCTION_INFO_V1(ledger_close_account);
+Datum
+ledger_close_account(PG_FUNCTION_ARGS)
+{
+	return enqueue_closure(fcinfo, LEDGER_CLOSE);
+}
+
+/* ledger_reopen_account(account_id) - undo ledger_close_account(). */
+PG_FUNCTION_INFO_V1(ledger_reopen_account);
+Datum
+ledger_reopen_account(PG_FUNCTION_ARGS)
+{
+	return enqueue_closure(fcinfo, LEDGER_REOPEN);
 }

@@ -31,12 +31,13 @@
 static const char *const event_log_columns[] = {
 	"id", "kind", "account_id", "to_account", "amount", "to_accounts",
 	"amounts", "status", "reason", "enqueued_at", "applied_at", "hold_id",
-	"expires_at", "metadata", "bucket", "txid", "waits_from", "credit_of"
+	"expires_at", "metadata", "bucket", "txid", "waits_from", "credit_of",
+	"occurred_at", "link_of"
 };
 
 static const char *const batches_columns[] = {
 	"bucket", "id", "prev", "cur", "cur_xmax", "cursor_txid", "cursor_id",
-	"decided_at", "applied", "rejected"
+	"decided_at", "applied", "rejected", "first_leg", "last_leg", "hash"
 };
 
 static const char *const outcomes_columns[] = {
@@ -64,6 +65,10 @@ static const char *const account_holds_columns[] = {
 	"account_id", "id", "held", "changed_at"
 };
 
+static const char *const linked_votes_columns[] = {
+	"event_id", "batch_id", "voted_at"
+};
+
 static const char *const transit_columns[] = {
 	"source_node", "id", "target_node", "event_id", "payer", "currency",
 	"to_accounts", "amounts", "amount", "created_at"
@@ -87,6 +92,8 @@ ledger_apply_reset(void)
 	ledger_bulk_reset();
 	ledger_delta_reset();
 	ledger_decide_reset();
+	ledger_chain_reset();
+	ledger_linked_reset();
 	ledger_extension = InvalidOid;
 }
 
@@ -272,6 +279,8 @@ ledger_prepare_worker(int worker, uint64 limits_before,
 										HOLD_ENDS_NATTS);
 		in->account_holds = ledger_relation("account_holds", account_holds_columns,
 											ACCOUNT_HOLDS_NATTS);
+		in->linked_votes = ledger_relation("linked_votes", linked_votes_columns,
+										   LINKED_VOTES_NATTS);
 		in->transit = in->cluster_mode ?
 			ledger_relation("transit", transit_columns, TRANSIT_NATTS) :
 			InvalidOid;

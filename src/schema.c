@@ -40,8 +40,8 @@ ledger_schema(void)
 
 	if (!OidIsValid(nsp))
 		return LEDGER_SCHEMA_NONE;
-	/* 1.6's */
-	if (OidIsValid(get_relname_relid("batches", nsp)))
+	/* 1.9's */
+	if (OidIsValid(get_relname_relid("linked_votes", nsp)))
 		return LEDGER_SCHEMA_CURRENT;
 	return LEDGER_SCHEMA_OLDER;
 }

@@ -294,3 +294,164 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 
 	PG_RETURN_DATUM(ledger_int64_array(ids, n));
 }
+
+/* The most transfers of one linked group. */
+#define LEDGER_MAX_LINKED	100
+
+/*
+ * ledger_transfer_linked(from_accounts[], to_accounts[], amounts[],
+ * idempotency_key, metadata) - enqueue a group of transfers of which all
+ * are applied or none is (linked.c); return the group's id, its first
+ * transfer's.  Each transfer is checked as ledger_transfer() checks it, in
+ * its own currency, and an error about one names it.  The key names the
+ * whole group.
+ */
+PG_FUNCTION_INFO_V1(ledger_transfer_linked);
+Datum
+ledger_transfer_linked(PG_FUNCTION_ARGS)
+{
+	ErrorContextCallback errcallback;
+	LedgerCall	call;
+	Movement	group = {0};
+	Movement   *moves;
+	KeyedRequest req;
+	AccountInfo *info;
+	int64	   *from;
+	int64	   *to;
+	int64	   *amounts;
+	int64	   *involved;
+	int64	   *ids;
+	int64		group_id;
+	int			n;
+	int			nto;
+	int			namounts;
+	int			element = 0;
+	int			i;
+	int			j;
+
+	ledger_require_arg(fcinfo, 0, "from_accounts");
+	ledger_require_arg(fcinfo, 1, "to_accounts");
+	ledger_require_arg(fcinfo, 2, "amounts");
+	from = ledger_get_bigint_array(PG_GETARG_ARRAYTYPE_P(0), "from_accounts", &n);
+	to = ledger_get_bigint_array(PG_GETARG_ARRAYTYPE_P(1), "to_accounts", &nto);
+	amounts = ledger_get_bigint_array(PG_GETARG_ARRAYTYPE_P(2), "amounts", &namounts);
+	if (nto != n || namounts != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("from_accounts, to_accounts and amounts must have the same length"),
+				 errdetail("They have %d, %d and %d elements.", n, nto, namounts)));
+	if (n < 1 || n > LEDGER_MAX_LINKED)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a linked group has from 1 to %d transfers", LEDGER_MAX_LINKED),
+				 errdetail("This one has %d.", n)));
+	ledger_get_key_and_metadata(fcinfo, 3, &group);
+
+	errcallback.callback = batch_element_context;
+	errcallback.arg = &element;
+	errcallback.previous = error_context_stack;
+	error_context_stack = &errcallback;
+
+	moves = palloc0(sizeof(Movement) * n);
+	for (i = 0; i < n; i++)
+	{
+		Movement   *m = &moves[i];
+
+		element = i + 1;
+		ledger_check_transfer(from[i], to[i], amounts[i]);
+		m->kind = LEDGER_LINKED;
+		m->account_id = from[i];
+		m->to_account = to[i];
+		m->amount = amounts[i];
+		m->npayees = 1;
+		m->payees = &to[i];
+		m->amounts = &amounts[i];
+		m->metadata = group.metadata;
+	}
+	element = 0;
+
+	ledger_require_schema();
+	ledger_call_begin(fcinfo, &call);
+	SPI_connect();
+	ledger_require_installation();
+
+	involved = palloc(sizeof(int64) * 2 * n);
+	memcpy(involved, from, sizeof(int64) * n);
+	memcpy(involved + n, to, sizeof(int64) * n);
+	info = ledger_lookup_accounts(involved, 2 * n);
+	for (i = 0; i < n; i++)
+	{
+		element = i + 1;
+		(void) ledger_account_bucket(info, to[i]);
+		ledger_check_same_currency(info, from[i], to[i]);
+		(void) ledger_payer_bucket(info, from[i]);
+		ledger_check_debit(&call, from[i], ledger_account_owner(info, from[i]));
+	}
+	element = 0;
+
+	/* ids in call order: the group is its first transfer's */
+	ids = palloc(sizeof(int64) * n);
+	for (i = 0; i < n; i++)
+		ids[i] = nextval_internal(ledger_event_id_seq(), false);
+	group_id = ids[0];
+
+	/* the key names the whole group: every account and amount of it */
+	if (group.idempotency_key != NULL)
+	{
+		req.key = group.idempotency_key;
+		req.kind = LEDGER_LINKED;
+		ledger_request_part(&req, LEDGER_REQUEST_ACCOUNTS, involved,
+							sizeof(int64) * 2 * n);
+		ledger_request_part(&req, LEDGER_REQUEST_AMOUNTS, amounts,
+							sizeof(int64) * n);
+		ledger_request_part(&req, LEDGER_REQUEST_HOLD, NULL, 0);
+		if (group.metadata != NULL)
+			ledger_request_part(&req, LEDGER_REQUEST_METADATA, VARDATA(group.metadata),
+								VARSIZE(group.metadata) - VARHDRSZ);
+		else
+			ledger_request_part(&req, LEDGER_REQUEST_METADATA, NULL, 0);
+		if (!ledger_claim_keys(call.caller, &req, &group_id, 1, &element)[0])
+		{
+			SPI_finish();
+			ledger_call_end(&call);
+			error_context_stack = errcallback.previous;
+			PG_RETURN_INT64(group_id);
+		}
+	}
+
+	/* the spam guard counts each payer's transfers of the group */
+	for (i = 0; i < n; i++)
+	{
+		int			adding = 0;
+
+		for (j = 0; j < n; j++)
+			adding += from[j] == from[i];
+		ledger_guard_check(from[i], adding);
+	}
+	/*
+	 * Each transfer waits for the credits earlier events of the transaction
+	 * send its payer (order.c), but not for those of its own group, which
+	 * are paid only once every transfer of it has voted: a group's credits
+	 * do not fund its debits.
+	 */
+	for (i = 0; i < n; i++)
+		moves[i].waits_from = ledger_credited_from(from[i]);
+	for (i = 0; i < n; i++)
+	{
+		Movement   *m = &moves[i];
+		int			bucket = ledger_payer_bucket(info, from[i]);
+		int			to_bucket = ledger_account_bucket(info, to[i]);
+
+		m->link_of = group_id;
+		ledger_insert_queue_row(m, bucket, ids[i]);
+		ledger_guard_add(from[i], 1);
+		if (to_bucket >= 0 && to_bucket != bucket)
+			ledger_note_credit(to[i], ids[i]);
+		ledger_wake_at_commit(bucket);
+	}
+
+	SPI_finish();
+	ledger_call_end(&call);
+	error_context_stack = errcallback.previous;
+	PG_RETURN_INT64(group_id);
+}
