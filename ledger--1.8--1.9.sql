@@ -393,9 +393,10 @@ REVOKE ALL ON FUNCTION ledger.chain_time(timestamptz), ledger.batch_trailer(ledg
 	ledger_account_closure(bigint),
 	ledger_transfer_linked(bigint[], bigint[], bigint[], text, jsonb)
 	FROM PUBLIC;
+-- chain heads are for publishing: a monitoring role reads them too
 GRANT EXECUTE ON FUNCTION ledger_transfer_linked(bigint[], bigint[], bigint[], text, jsonb),
-	ledger_account_closure(bigint)
+	ledger_account_closure(bigint), ledger_chain_heads()
 	TO ledger_client;
 GRANT EXECUTE ON FUNCTION ledger_close_account(bigint), ledger_reopen_account(bigint),
-	ledger_verify_chain(), ledger_chain_heads()
+	ledger_verify_chain()
 	TO ledger_operator;

@@ -199,7 +199,7 @@ SELECT ledger_wait(id, 30000) FROM ev WHERE label = 'hold before withdraw';
 
 -- 7. Small things: every kind has its name; nothing pending is reported
 -- by the health check once the queue is drained
-SELECT k, ledger.kind_name(k::"char") FROM unnest('{d,w,t,s,h,p,v,c,x}'::text[]) k;
+SELECT k, ledger.kind_name(k::"char") FROM unnest('{d,w,t,s,h,p,v,c,l,x,o,q}'::text[]) k;
 SELECT * FROM ledger_health('0') WHERE problem = 'pending';
 SELECT ledger_pause(0);
 SELECT ledger_transfer(7104, 7103, 1) AS paused_event \gset

@@ -1,4 +1,4 @@
--- The upgrade path 1.0 -> 1.8 on a populated ledger, with the workers
+-- The upgrade path 1.0 -> 1.9 on a populated ledger, with the workers
 -- running and events pending across it.  The library serves its own
 -- version's schema only: it refuses to enqueue into an earlier one, and its
 -- workers wait for the update.  So the ledger of each earlier version is filled
@@ -104,19 +104,32 @@ INSERT INTO ledger.queue (bucket, seq, id, kind, account_id, to_account, amount,
 SELECT setval('ledger.event_id_seq', 13), setval('ledger.transaction_id_seq', 8);
 SELECT * FROM ledger_verify();
 
--- 1.5 -> 1.6: the queued events move into the log (a credit keeps its
--- place, its queue seq becoming its id), and apply; the credit in flight
--- lands
-ALTER EXTENSION ledger UPDATE TO '1.6';
+-- 1.5 -> 1.8: the queued events move into the log (a credit keeps its
+-- place, its queue seq becoming its id); the 1.9 library serves its own
+-- schema only, so they wait for 1.9
+ALTER EXTENSION ledger UPDATE TO '1.8';
 SELECT extversion FROM pg_extension WHERE extname = 'ledger';
 SELECT id, kind, bucket, credit_of, txid IS NOT NULL AS logged
   FROM ledger.event_log WHERE txid IS NOT NULL ORDER BY id;
+DO $$
+BEGIN
+	FOR i IN 1 .. 300 LOOP
+		EXIT WHEN (SELECT bool_and(state = 'waiting for extension update') FROM ledger_stats);
+		PERFORM pg_sleep(0.1);
+	END LOOP;
+END
+$$;
+SELECT worker, state, pending FROM ledger_stats ORDER BY worker;
+
+-- 1.8 -> 1.9: they apply, and the credit in flight lands
+ALTER EXTENSION ledger UPDATE TO '1.9';
+SELECT extversion FROM pg_extension WHERE extname = 'ledger';
 SELECT ledger_wait(3, 30000), ledger_wait(4, 30000), ledger_wait(9, 30000);
 SELECT a, ledger_balance(a), ledger_available(a) FROM generate_series(8001, 8004) a;
 -- the withdrawal waited for the credit of event 11, as 1.5 would have
 SELECT ledger_wait(11, 30000), ledger_wait(12, 30000);
 SELECT ledger_balance(8005), ledger_balance(8006);
-SELECT bucket, pending FROM ledger_stats ORDER BY bucket;
+SELECT worker, pending FROM ledger_stats ORDER BY worker;
 
 -- the worker knows the hold and posts it
 SELECT ledger_post(6) AS p \gset
@@ -139,13 +152,10 @@ SELECT r.rolname, pg_has_role('ledger_operator', 'ledger_client', 'MEMBER') AS o
 SELECT ledger_wait(:k, 30000);
 SELECT * FROM ledger_verify();
 
--- 1.6 -> 1.7 with a transfer pending across it: the 1.7 library served
--- the 1.6 schema until now (its two-argument ledger_wait too)
+-- 1.7's ledger_wait until credited
 SELECT ledger_pause(0);
-SELECT ledger_transfer(8002, 8004, 7, 'across-1.7') AS x \gset
+SELECT ledger_transfer(8002, 8004, 7, 'credited-1.7') AS x \gset
 SELECT ledger_wait(:x, 0);
-ALTER EXTENSION ledger UPDATE TO '1.7';
-SELECT extversion FROM pg_extension WHERE extname = 'ledger';
 SELECT ledger_wait(:x, 0, 'credited');
 SELECT ledger_resume(0);
 SELECT ledger_wait(:x, 30000, until => 'credited'), ledger_event_status(:x);
@@ -156,14 +166,15 @@ SELECT currency, external, customers, in_flight, external + customers + in_fligh
   FROM ledger_node_money();
 SELECT * FROM ledger_verify();
 
--- 1.7 -> 1.8: ledger_stats has a row per worker, and says so
-ALTER EXTENSION ledger UPDATE TO '1.8';
-SELECT extversion FROM pg_extension WHERE extname = 'ledger';
+-- 1.8's ledger_stats has a row per worker, and says so
 SELECT worker, state, pending FROM ledger_stats ORDER BY worker;
 -- and the workers decide what comes after it
 SELECT ledger_transfer(8002, 8004, 1) AS x \gset
 SELECT ledger_wait(:x, 30000);
 SELECT count(*) FROM ledger_health('0 seconds');
+-- 1.9: the batches since the update are chained, from each bucket's first
+SELECT count(*) AS heads, bool_and(length(hash) = 32) AS sha256 FROM ledger_chain_heads();
+SELECT * FROM ledger_verify_chain();
 SELECT * FROM ledger_verify();
 
 -- leave the database to the next test without the extension
