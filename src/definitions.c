@@ -49,6 +49,12 @@ ledger_kind_name(char kind)
 			return "void";
 		case LEDGER_CREDIT:
 			return "credit";
+		case LEDGER_LINKED:
+			return "linked";
+		case LEDGER_CLOSE:
+			return "close";
+		case LEDGER_REOPEN:
+			return "reopen";
 	}
 	return "unknown";
 }

@@ -109,6 +109,90 @@ insert_transfers(Datum **columns, bool *metadata_nulls, bool with_metadata, int 
 }
 
 /*
+ * The arrays both functions start with: from_accounts, to_accounts and
+ * amounts, of one length, which it returns.
+ */
+static int
+get_transfer_arrays(FunctionCallInfo fcinfo, int64 **from, int64 **to,
+					int64 **amounts)
+{
+	int			n;
+	int			nto;
+	int			namounts;
+
+	ledger_require_arg(fcinfo, 0, "from_accounts");
+	ledger_require_arg(fcinfo, 1, "to_accounts");
+	ledger_require_arg(fcinfo, 2, "amounts");
+	*from = ledger_get_bigint_array(PG_GETARG_ARRAYTYPE_P(0), "from_accounts", &n);
+	*to = ledger_get_bigint_array(PG_GETARG_ARRAYTYPE_P(1), "to_accounts", &nto);
+	*amounts = ledger_get_bigint_array(PG_GETARG_ARRAYTYPE_P(2), "amounts", &namounts);
+	if (nto != n || namounts != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("from_accounts, to_accounts and amounts must have the same length"),
+				 errdetail("They have %d, %d and %d elements.", n, nto, namounts)));
+	return n;
+}
+
+/*
+ * The transfers of the arrays as movements of the kind given, each checked
+ * as ledger_transfer() checks its arguments; *element names the one being
+ * checked, for the error context.
+ */
+static Movement *
+transfer_movements(char kind, int64 *from, int64 *to, int64 *amounts, int n,
+				   int *element)
+{
+	Movement   *moves = palloc0(sizeof(Movement) * n);
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		Movement   *m = &moves[i];
+
+		*element = i + 1;
+		ledger_check_transfer(from[i], to[i], amounts[i]);
+		m->kind = kind;
+		m->account_id = from[i];
+		m->to_account = to[i];
+		m->amount = amounts[i];
+		m->npayees = 1;
+		m->payees = &to[i];
+		m->amounts = &amounts[i];
+	}
+	*element = 0;
+	return moves;
+}
+
+/*
+ * Look up the accounts of the transfers: both exist, in one currency, and
+ * the caller may debit the payer.  Returns what it found.
+ */
+static AccountInfo *
+check_transfer_accounts(LedgerCall *call, int64 *from, int64 *to, int n,
+						int *element)
+{
+	int64	   *involved = palloc(sizeof(int64) * 2 * n);
+	AccountInfo *info;
+	int			i;
+
+	memcpy(involved, from, sizeof(int64) * n);
+	memcpy(involved + n, to, sizeof(int64) * n);
+	info = ledger_lookup_accounts(involved, 2 * n);
+	for (i = 0; i < n; i++)
+	{
+		*element = i + 1;
+		(void) ledger_account_bucket(info, from[i]);
+		(void) ledger_account_bucket(info, to[i]);
+		ledger_check_same_currency(info, from[i], to[i]);
+		(void) ledger_payer_bucket(info, from[i]);
+		ledger_check_debit(call, from[i], ledger_account_owner(info, from[i]));
+	}
+	*element = 0;
+	return info;
+}
+
+/*
  * ledger_transfer_many(from_accounts[], to_accounts[], amounts[],
  * idempotency_keys[], metadata[]) - enqueue many transfers in one call, each
  * under the rules of ledger_transfer(); return their event ids in order.
@@ -131,7 +215,6 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 	Movement   *moves;
 	KeyedRequest *reqs;
 	int64	   *ids;
-	int64	   *involved;
 	int64	   *payers;
 	int		   *adding;
 	int			npayers;
@@ -139,8 +222,6 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 	bool	   *is_new;
 	Datum	   *columns[6];
 	int			n;
-	int			nto;
-	int			namounts;
 	int			nqueued = 0;
 	int			nbulk = 0;
 	bool	   *bulk_nulls;
@@ -148,17 +229,7 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 	Oid			seq;
 	int			i;
 
-	ledger_require_arg(fcinfo, 0, "from_accounts");
-	ledger_require_arg(fcinfo, 1, "to_accounts");
-	ledger_require_arg(fcinfo, 2, "amounts");
-	from = ledger_get_bigint_array(PG_GETARG_ARRAYTYPE_P(0), "from_accounts", &n);
-	to = ledger_get_bigint_array(PG_GETARG_ARRAYTYPE_P(1), "to_accounts", &nto);
-	amounts = ledger_get_bigint_array(PG_GETARG_ARRAYTYPE_P(2), "amounts", &namounts);
-	if (nto != n || namounts != n)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("from_accounts, to_accounts and amounts must have the same length"),
-				 errdetail("They have %d, %d and %d elements.", n, nto, namounts)));
+	n = get_transfer_arrays(fcinfo, &from, &to, &amounts);
 	keys = get_elements(fcinfo, 3, TEXTOID, "idempotency_keys", "keys", n,
 						&key_nulls);
 	metadata = get_elements(fcinfo, 4, JSONBOID, "metadata", "metadata elements", n,
@@ -172,20 +243,12 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 	errcallback.previous = error_context_stack;
 	error_context_stack = &errcallback;
 
-	moves = palloc0(sizeof(Movement) * n);
+	moves = transfer_movements(LEDGER_TRANSFER, from, to, amounts, n, &element);
 	for (i = 0; i < n; i++)
 	{
 		Movement   *m = &moves[i];
 
 		element = i + 1;
-		ledger_check_transfer(from[i], to[i], amounts[i]);
-		m->kind = LEDGER_TRANSFER;
-		m->account_id = from[i];
-		m->to_account = to[i];
-		m->amount = amounts[i];
-		m->npayees = 1;
-		m->payees = &to[i];
-		m->amounts = &amounts[i];
 		if (keys && !key_nulls[i])
 		{
 			m->idempotency_key = DatumGetTextPP(keys[i]);
@@ -205,20 +268,7 @@ ledger_transfer_many(PG_FUNCTION_ARGS)
 	ledger_require_installation();
 
 	/* every account involved, its bucket, currency and owner */
-	involved = palloc(sizeof(int64) * 2 * n);
-	memcpy(involved, from, sizeof(int64) * n);
-	memcpy(involved + n, to, sizeof(int64) * n);
-	info = ledger_lookup_accounts(involved, 2 * n);
-	for (i = 0; i < n; i++)
-	{
-		element = i + 1;
-		(void) ledger_account_bucket(info, from[i]);
-		(void) ledger_account_bucket(info, to[i]);
-		ledger_check_same_currency(info, from[i], to[i]);
-		(void) ledger_payer_bucket(info, from[i]);
-		ledger_check_debit(&call, from[i], ledger_account_owner(info, from[i]));
-	}
-	element = 0;
+	info = check_transfer_accounts(&call, from, to, n, &element);
 
 	/* ids in call order, so that the transfers apply in that order */
 	seq = ledger_event_id_seq();
@@ -319,27 +369,14 @@ ledger_transfer_linked(PG_FUNCTION_ARGS)
 	int64	   *from;
 	int64	   *to;
 	int64	   *amounts;
-	int64	   *involved;
 	int64	   *ids;
 	int64		group_id;
 	int			n;
-	int			nto;
-	int			namounts;
 	int			element = 0;
 	int			i;
 	int			j;
 
-	ledger_require_arg(fcinfo, 0, "from_accounts");
-	ledger_require_arg(fcinfo, 1, "to_accounts");
-	ledger_require_arg(fcinfo, 2, "amounts");
-	from = ledger_get_bigint_array(PG_GETARG_ARRAYTYPE_P(0), "from_accounts", &n);
-	to = ledger_get_bigint_array(PG_GETARG_ARRAYTYPE_P(1), "to_accounts", &nto);
-	amounts = ledger_get_bigint_array(PG_GETARG_ARRAYTYPE_P(2), "amounts", &namounts);
-	if (nto != n || namounts != n)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("from_accounts, to_accounts and amounts must have the same length"),
-				 errdetail("They have %d, %d and %d elements.", n, nto, namounts)));
+	n = get_transfer_arrays(fcinfo, &from, &to, &amounts);
 	if (n < 1 || n > LEDGER_MAX_LINKED)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -352,42 +389,16 @@ ledger_transfer_linked(PG_FUNCTION_ARGS)
 	errcallback.previous = error_context_stack;
 	error_context_stack = &errcallback;
 
-	moves = palloc0(sizeof(Movement) * n);
+	moves = transfer_movements(LEDGER_LINKED, from, to, amounts, n, &element);
 	for (i = 0; i < n; i++)
-	{
-		Movement   *m = &moves[i];
-
-		element = i + 1;
-		ledger_check_transfer(from[i], to[i], amounts[i]);
-		m->kind = LEDGER_LINKED;
-		m->account_id = from[i];
-		m->to_account = to[i];
-		m->amount = amounts[i];
-		m->npayees = 1;
-		m->payees = &to[i];
-		m->amounts = &amounts[i];
-		m->metadata = group.metadata;
-	}
-	element = 0;
+		moves[i].metadata = group.metadata;
 
 	ledger_require_schema();
 	ledger_call_begin(fcinfo, &call);
 	SPI_connect();
 	ledger_require_installation();
 
-	involved = palloc(sizeof(int64) * 2 * n);
-	memcpy(involved, from, sizeof(int64) * n);
-	memcpy(involved + n, to, sizeof(int64) * n);
-	info = ledger_lookup_accounts(involved, 2 * n);
-	for (i = 0; i < n; i++)
-	{
-		element = i + 1;
-		(void) ledger_account_bucket(info, to[i]);
-		ledger_check_same_currency(info, from[i], to[i]);
-		(void) ledger_payer_bucket(info, from[i]);
-		ledger_check_debit(&call, from[i], ledger_account_owner(info, from[i]));
-	}
-	element = 0;
+	info = check_transfer_accounts(&call, from, to, n, &element);
 
 	/* ids in call order: the group is its first transfer's */
 	ids = palloc(sizeof(int64) * n);
@@ -398,9 +409,14 @@ ledger_transfer_linked(PG_FUNCTION_ARGS)
 	/* the key names the whole group: every account and amount of it */
 	if (group.idempotency_key != NULL)
 	{
+		int64	   *accounts = palloc(sizeof(int64) * 2 * n);
+		int			keyed = 0;	/* the key is the group's, not an element's */
+
+		memcpy(accounts, from, sizeof(int64) * n);
+		memcpy(accounts + n, to, sizeof(int64) * n);
 		req.key = group.idempotency_key;
 		req.kind = LEDGER_LINKED;
-		ledger_request_part(&req, LEDGER_REQUEST_ACCOUNTS, involved,
+		ledger_request_part(&req, LEDGER_REQUEST_ACCOUNTS, accounts,
 							sizeof(int64) * 2 * n);
 		ledger_request_part(&req, LEDGER_REQUEST_AMOUNTS, amounts,
 							sizeof(int64) * n);
@@ -410,7 +426,7 @@ ledger_transfer_linked(PG_FUNCTION_ARGS)
 								VARSIZE(group.metadata) - VARHDRSZ);
 		else
 			ledger_request_part(&req, LEDGER_REQUEST_METADATA, NULL, 0);
-		if (!ledger_claim_keys(call.caller, &req, &group_id, 1, &element)[0])
+		if (!ledger_claim_keys(call.caller, &req, &group_id, 1, &keyed)[0])
 		{
 			SPI_finish();
 			ledger_call_end(&call);
