@@ -70,11 +70,41 @@ $$
 		   ledger.chain_time(b.decided_at)
 $$;
 
+-- the batch whose range holds a leg: one probe a leg, one entry a batch
+CREATE INDEX batches_first_leg_idx ON ledger.batches (bucket, first_leg)
+	WHERE first_leg IS NOT NULL;
+
+/*
+ * The legs of the chained part of each bucket's history (from the first
+ * leg of its first batch with a hash on), each with the batch whose range
+ * holds it, or NULL when none does.
+ */
+CREATE FUNCTION ledger.chained_legs(OUT bucket integer, OUT batch_id bigint,
+									OUT id bigint, OUT account_id bigint,
+									OUT content bytea)
+RETURNS SETOF record
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS
+$$
+	WITH starts AS (
+		SELECT f.bucket, min(f.first_leg) AS first_leg
+		  FROM ledger.batches f WHERE f.hash IS NOT NULL GROUP BY f.bucket
+	)
+	SELECT a.bucket, c.id, t.id, t.account_id,
+		   int8send(t.id) || int8send(t.account_id) || int8send(t.event_id) ||
+		   int8send(t.amount) || int8send(t.balance_after) || ledger.chain_time(t.created_at)
+	  FROM ledger.transactions t
+	  JOIN ledger.accounts a ON a.id = t.account_id
+	  JOIN starts s ON s.bucket = a.bucket AND t.id >= s.first_leg
+	  LEFT JOIN LATERAL (SELECT b.id, b.last_leg FROM ledger.batches b
+						  WHERE b.bucket = a.bucket AND b.first_leg <= t.id
+						  ORDER BY b.first_leg DESC LIMIT 1) c ON t.id <= c.last_leg
+$$;
+
 /*
  * Recompute the chain of every bucket from the rows, batch by batch, and
  * return the batches whose recorded hash is not the one their rows and the
  * previous batch's hash give, and the legs of a bucket written after its
- * chain began that no batch's range covers.  In one pass over the legs.
+ * chain began that no batch's range covers.
  */
 CREATE FUNCTION ledger_verify_chain(OUT bucket integer, OUT batch_id bigint,
 									OUT problem text)
@@ -97,17 +127,10 @@ BEGIN
 						AND b.rejected = 0
 						AND NOT EXISTS (SELECT FROM ledger.outcomes o WHERE o.batch_id = b.id))
 		), legs AS (
-			SELECT c.bucket, c.id,
-				   string_agg(int8send(t.id) || int8send(t.account_id) ||
-							  int8send(t.event_id) || int8send(t.amount) ||
-							  int8send(t.balance_after) || ledger.chain_time(t.created_at),
-							  ''::bytea ORDER BY t.id) AS content
-			  FROM ledger.transactions t
-			  JOIN ledger.accounts a ON a.id = t.account_id
-			  JOIN LATERAL (SELECT c.bucket, c.id, c.last_leg FROM chained c
-							 WHERE c.bucket = a.bucket AND c.first_leg <= t.id
-							 ORDER BY c.first_leg DESC LIMIT 1) c ON t.id <= c.last_leg
-			 GROUP BY c.bucket, c.id
+			SELECT l.batch_id, string_agg(l.content, ''::bytea ORDER BY l.id) AS content
+			  FROM ledger.chained_legs() l
+			 WHERE l.batch_id IS NOT NULL
+			 GROUP BY l.batch_id
 		), outs AS (
 			SELECT o.batch_id,
 				   string_agg(int8send(o.event_id) || convert_to(o.status::text, 'UTF8') ||
@@ -121,7 +144,7 @@ BEGIN
 			   COALESCE(l.content, ''::bytea) || COALESCE(o.content, ''::bytea) ||
 			   ledger.batch_trailer(c::ledger.batches) AS content
 		  FROM chained c
-		  LEFT JOIN legs l ON l.bucket = c.bucket AND l.id = c.id
+		  LEFT JOIN legs l ON l.batch_id = c.id
 		  LEFT JOIN outs o ON o.batch_id = c.id
 		 ORDER BY c.bucket, c.id
 	LOOP
@@ -141,16 +164,10 @@ BEGIN
 		prev := COALESCE(r.hash, computed);
 	END LOOP;
 
-	-- legs of a chained bucket, newer than its chain's start, in no batch
 	RETURN QUERY
-		SELECT a.bucket, NULL::bigint, 'leg ' || t.id || ' of account ' || t.account_id || ' is in no batch'
-		  FROM ledger.transactions t
-		  JOIN ledger.accounts a ON a.id = t.account_id
-		  JOIN LATERAL (SELECT min(f.first_leg) AS first_leg FROM ledger.batches f
-						 WHERE f.bucket = a.bucket AND f.hash IS NOT NULL) s ON t.id >= s.first_leg
-		 WHERE NOT EXISTS (SELECT FROM ledger.batches c
-							WHERE c.bucket = a.bucket AND c.hash IS NOT NULL
-							  AND t.id BETWEEN c.first_leg AND c.last_leg);
+		SELECT l.bucket, NULL::bigint, 'leg ' || l.id || ' of account ' || l.account_id || ' is in no batch'
+		  FROM ledger.chained_legs() l
+		 WHERE l.batch_id IS NULL;
 END
 $$;
 
@@ -359,8 +376,392 @@ $$;
 
 /* -------------------------------------------------------------------------
  * Importing a history
+ *
+ * ledger_import() brings in the history of another system: deposits,
+ * withdrawals and transfers, each with the time it happened.  It checks the
+ * rows as a whole, then logs them as events in one statement, their ids
+ * drawn in (occurred_at, row) order, each with its occurred_at.  The
+ * workers apply them as any other event (double entry, no overdraft,
+ * limits, currencies), but post their legs at occurred_at, so that
+ * balances and history as of a time answer by the original times.
+ *
+ * An account's legs are in time order, which reads as of a time rely on:
+ * no row may be older than the newest leg of an account it names, and no
+ * event of such an account may be pending.  What changes between these
+ * checks and the import's commit is the worker's to catch: it rejects an
+ * imported event older than the newest leg of an account it posts to
+ * (out_of_order).
+ *
+ * A row debiting an account (withdraw, transfer) that an earlier row of the
+ * import credits from another bucket waits for that credit as a debit of
+ * one transaction does (waits_from, src/order.c): waits_from is the first
+ * row of the import that credits it so.
+ *
+ * Two forms.  The one of arrays does the work, with the extension owner's
+ * rights.  The one of a table runs with its caller's: it reads the table
+ * as its caller, so that the caller's privileges on it, on its columns and
+ * its row security decide what it may read, then passes the rows to the
+ * first.
  * ------------------------------------------------------------------------- */
--- (ledger_import: see below)
+CREATE FUNCTION ledger_import(kinds text[], from_accounts bigint[], to_accounts bigint[],
+							  amounts bigint[], occurred_at timestamptz[],
+							  metadata jsonb[] DEFAULT NULL,
+							  OUT events bigint, OUT first_event bigint,
+							  OUT last_event bigint)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- a history's rows are sorted twice: in memory, rather than on disk
+SET work_mem = '256MB'
+AS $$
+DECLARE
+	-- the arguments whose names are also columns' of the log
+	times		timestamptz[] := occurred_at;
+	meta		jsonb[] := metadata;
+	n			integer;
+	-- the role the session acts as: SET ROLE's, or the session's
+	acting		oid := COALESCE(
+					(SELECT r.oid FROM pg_catalog.pg_roles r
+					  WHERE r.rolname = pg_catalog.current_setting('role')),
+					(SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = session_user));
+	bad			record;
+	account		bigint;
+	code		text;
+	msg			text;
+	detail		text;
+	hint		text;
+	ids			bigint[];
+	buckets		integer[];
+BEGIN
+	IF kinds IS NULL OR from_accounts IS NULL OR to_accounts IS NULL OR amounts IS NULL
+	   OR times IS NULL THEN
+		RAISE EXCEPTION 'the arrays of an import may not be NULL'
+			USING ERRCODE = 'null_value_not_allowed',
+				  HINT = 'Only metadata may be NULL; the elements of the others may be, where a row needs none.';
+	END IF;
+	IF GREATEST(array_ndims(kinds), array_ndims(from_accounts), array_ndims(to_accounts),
+				array_ndims(amounts), array_ndims(times), array_ndims(meta)) > 1 THEN
+		RAISE EXCEPTION 'the arrays of an import must be one-dimensional'
+			USING ERRCODE = 'array_subscript_error';
+	END IF;
+	n := cardinality(kinds);
+	IF cardinality(from_accounts) <> n OR cardinality(to_accounts) <> n
+	   OR cardinality(amounts) <> n OR cardinality(times) <> n
+	   OR cardinality(meta) <> n THEN
+		RAISE EXCEPTION 'the arrays of an import must have one element per row'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('kinds has %s, from_accounts %s, to_accounts %s, amounts %s, occurred_at %s%s.',
+								  n, cardinality(from_accounts), cardinality(to_accounts),
+								  cardinality(amounts), cardinality(times),
+								  CASE WHEN meta IS NOT NULL
+									   THEN format(', metadata %s', cardinality(meta)) ELSE '' END);
+	END IF;
+	events := 0;
+	IF n = 0 THEN
+		RETURN;
+	END IF;
+
+	-- a dump restored from another cluster is the workers' to take over first
+	IF (SELECT i.system_id <> ledger.system_identifier()
+			   OR EXISTS (SELECT FROM generate_series(0, 63) k(bucket),
+								 LATERAL (SELECT b.id, b.cur_xmax FROM ledger.batches b
+										   WHERE b.bucket = k.bucket
+										   ORDER BY b.id DESC LIMIT 1) l
+						   WHERE l.id > i.base_batch
+							 AND l.cur_xmax > pg_snapshot_xmax(pg_current_snapshot()))
+		  FROM ledger.installation i
+		 ORDER BY i.base_batch DESC, i.base_id DESC, i.since DESC,
+				  i.system_id = ledger.system_identifier()
+		 LIMIT 1) THEN
+		RAISE EXCEPTION 'the ledger was restored from another cluster, and its workers have not taken it over yet'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Retry in a moment; the workers do it as they start.';
+	END IF;
+
+	/*
+	 * The checks, in one pass: the first row with a problem (the first of
+	 * its problems), and how many rows have that problem.  A problem with
+	 * one of the row's accounts says which (":from", ":to").
+	 */
+	WITH u AS (
+		SELECT u.n, u.kind, u.from_account, u.to_account, u.amount, u.occurred_at, u.metadata
+		  FROM unnest(kinds, from_accounts, to_accounts, amounts, times, meta)
+			   WITH ORDINALITY AS u(kind, from_account, to_account, amount, occurred_at,
+									metadata, n)
+	), pending AS (
+		SELECT q.account_id, q.to_account, q.to_accounts FROM ledger.pending_entries() q
+	), named AS (
+		SELECT x.id
+		  FROM u, LATERAL (VALUES (u.from_account), (u.to_account)) x(id)
+		 WHERE x.id > 0
+		 GROUP BY x.id
+	), acct AS (
+		SELECT nm.id, a.id IS NOT NULL AS known, a.currency, a.owner,
+			   (SELECT t.created_at FROM ledger.transactions t
+				 WHERE t.account_id = nm.id ORDER BY t.id DESC LIMIT 1) AS newest,
+			   COALESCE((SELECT c.closed FROM ledger.closures c
+						  WHERE c.account_id = nm.id ORDER BY c.event_id DESC LIMIT 1),
+						false) AS closed,
+			   nm.id IN (SELECT p.account_id FROM pending p
+						 UNION ALL SELECT p.to_account FROM pending p
+						 UNION ALL SELECT unnest(p.to_accounts) FROM pending p) AS pending
+		  FROM named nm
+		  LEFT JOIN ledger.accounts a ON a.id = nm.id
+	), checked AS (
+		SELECT u.*, CASE
+			WHEN u.kind IS NULL THEN 'null kind'
+			WHEN u.kind NOT IN ('deposit', 'withdraw', 'transfer') THEN 'kind'
+			WHEN u.amount IS NULL THEN 'null amount'
+			WHEN u.occurred_at IS NULL THEN 'null occurred_at'
+			WHEN u.kind <> 'deposit' AND u.from_account IS NULL THEN 'null from_account'
+			WHEN u.kind <> 'withdraw' AND u.to_account IS NULL THEN 'null to_account'
+			WHEN u.kind = 'deposit' AND u.from_account IS NOT NULL THEN 'deposit from'
+			WHEN u.kind = 'withdraw' AND u.to_account IS NOT NULL THEN 'withdraw to'
+			WHEN u.amount <= 0 THEN 'amount'
+			WHEN u.from_account <= 0 THEN 'account id:from'
+			WHEN u.to_account <= 0 THEN 'account id:to'
+			WHEN u.from_account = u.to_account THEN 'self'
+			WHEN NOT isfinite(u.occurred_at) THEN 'infinite'
+			WHEN u.occurred_at > statement_timestamp() THEN 'future'
+			WHEN jsonb_typeof(u.metadata) <> 'object' THEN 'metadata'
+			WHEN pg_column_size(u.metadata) > 65536 THEN 'metadata size'
+			WHEN NOT f.known THEN 'unknown:from'
+			WHEN NOT t.known THEN 'unknown:to'
+			WHEN f.currency <> t.currency THEN 'currency'
+			WHEN f.closed THEN 'closed:from'
+			WHEN t.closed THEN 'closed:to'
+			WHEN f.owner IS NOT NULL AND NOT pg_has_role(acting, f.owner, 'USAGE') THEN 'owner:from'
+			WHEN u.occurred_at < f.newest THEN 'older:from'
+			WHEN u.occurred_at < t.newest THEN 'older:to'
+			WHEN f.pending THEN 'pending:from'
+			WHEN t.pending THEN 'pending:to'
+		END AS problem
+		  FROM u
+		  LEFT JOIN acct f ON f.id = u.from_account
+		  LEFT JOIN acct t ON t.id = u.to_account
+	)
+	SELECT c.n, c.kind, c.from_account, c.to_account, c.amount, c.occurred_at,
+		   split_part(c.problem, ':', 1) AS problem, split_part(c.problem, ':', 2) AS side,
+		   count(*) OVER (PARTITION BY split_part(c.problem, ':', 1)) AS rows
+	  INTO bad
+	  FROM checked c
+	 WHERE c.problem IS NOT NULL
+	 ORDER BY c.n
+	 LIMIT 1;
+
+	IF FOUND THEN
+		account := CASE bad.side WHEN 'from' THEN bad.from_account
+								 WHEN 'to' THEN bad.to_account END;
+		code := 'invalid_parameter_value';
+		CASE bad.problem
+			WHEN 'null kind', 'null amount', 'null occurred_at' THEN
+				code := 'null_value_not_allowed';
+				msg := format('%s may not be NULL', substr(bad.problem, 6));
+			WHEN 'kind' THEN
+				msg := format('unknown kind %L', bad.kind);
+				hint := 'A row is a deposit (money in, to to_account), a withdraw (money out, from from_account) or a transfer (from from_account to to_account).';
+			WHEN 'null from_account', 'null to_account' THEN
+				code := 'null_value_not_allowed';
+				msg := format('a %s needs a %s', bad.kind, substr(bad.problem, 6));
+				hint := 'A deposit names to_account, a withdraw from_account, a transfer both.';
+			WHEN 'deposit from' THEN
+				msg := 'a deposit has no from_account';
+				hint := 'A deposit''s money comes from outside the ledger: name the account it credits in to_account, and leave from_account NULL.';
+			WHEN 'withdraw to' THEN
+				msg := 'a withdraw has no to_account';
+				hint := 'A withdrawal''s money leaves the ledger: name the account it debits in from_account, and leave to_account NULL.';
+			WHEN 'amount' THEN
+				msg := 'amount must be positive';
+			WHEN 'account id' THEN
+				msg := 'account ids must be positive';
+				hint := 'The external accounts (negative ids) take the other leg of deposits and withdrawals by themselves.';
+			WHEN 'self' THEN
+				msg := format('account %s cannot pay itself', bad.from_account);
+			WHEN 'infinite' THEN
+				msg := 'occurred_at must be a finite time';
+			WHEN 'future' THEN
+				msg := 'occurred_at is in the future';
+				hint := format('An import brings what has happened, up to when it starts (%s).',
+							   statement_timestamp());
+			WHEN 'metadata' THEN
+				msg := 'metadata must be a JSON object';
+			WHEN 'metadata size' THEN
+				code := 'program_limit_exceeded';
+				msg := 'metadata is too large';
+				hint := 'An event''s metadata may take at most 65536 bytes.';
+			WHEN 'unknown' THEN
+				IF EXISTS (SELECT FROM ledger.directory d
+							WHERE d.account_id = account AND d.node_id <> ledger.node_id()) THEN
+					msg := format('account %s is an account of another node', account);
+					hint := 'An import moves money between the accounts of one node: import each node''s part of the history on that node.';
+				ELSE
+					code := 'foreign_key_violation';
+					msg := format('account %s does not exist', account);
+					hint := 'Open it first with ledger_open_account().';
+				END IF;
+			WHEN 'currency' THEN
+				msg := format('accounts %s and %s hold different currencies',
+							  bad.from_account, bad.to_account);
+				hint := 'Money moves only between accounts of one currency.';
+			WHEN 'closed' THEN
+				code := 'object_not_in_prerequisite_state';
+				msg := format('account %s is closed', account);
+				hint := 'Reopen it with ledger_reopen_account() first.';
+			WHEN 'owner' THEN
+				code := 'insufficient_privilege';
+				msg := format('permission denied to debit account %s', account);
+				detail := COALESCE((SELECT format('The account belongs to role "%s"; only its members may move money out of it.',
+												  r.rolname)
+									  FROM ledger.accounts a JOIN pg_roles r ON r.oid = a.owner
+									 WHERE a.id = account),
+								   'The account belonged to a role that was dropped; only superusers may move money out of it.');
+			WHEN 'older' THEN
+				msg := format('occurred_at is older than the newest leg of account %s, posted at %s',
+							  account, (SELECT t.created_at FROM ledger.transactions t
+										 WHERE t.account_id = account
+										 ORDER BY t.id DESC LIMIT 1));
+				hint := 'An account''s legs are in time order: import its history before anything else happens to it, or only what happened after its newest leg.';
+			WHEN 'pending' THEN
+				code := 'object_not_in_prerequisite_state';
+				msg := format('account %s has events pending', account);
+				hint := 'An import''s legs come after the legs already posted: wait until its events are decided (ledger_wait(), ledger_stats.pending), then import.';
+		END CASE;
+		detail := concat_ws(' ', detail,
+			format('%s: kind %s, from_account %s, to_account %s, amount %s, occurred_at %s.',
+				   CASE WHEN bad.rows > 1
+						THEN format('%s rows have this problem; the first is row %s', bad.rows, bad.n)
+						ELSE format('Row %s', bad.n) END,
+				   COALESCE(quote_literal(bad.kind), 'NULL'),
+				   COALESCE(bad.from_account::text, 'NULL'),
+				   COALESCE(bad.to_account::text, 'NULL'),
+				   COALESCE(bad.amount::text, 'NULL'),
+				   COALESCE(bad.occurred_at::text, 'NULL')));
+		IF hint IS NULL THEN
+			RAISE EXCEPTION USING MESSAGE = msg, ERRCODE = code, DETAIL = detail;
+		END IF;
+		RAISE EXCEPTION USING MESSAGE = msg, ERRCODE = code, DETAIL = detail, HINT = hint;
+	END IF;
+
+	-- the ids, in order: the rows get them in (occurred_at, row) order
+	SELECT array_agg(s.id ORDER BY s.id) INTO ids
+	  FROM (SELECT nextval('ledger.event_id_seq') AS id FROM generate_series(1, n)) s;
+
+	WITH u AS (
+		SELECT u.kind, u.amount, u.occurred_at, u.metadata,
+			   CASE u.kind WHEN 'deposit' THEN u.to_account ELSE u.from_account END AS account_id,
+			   CASE u.kind WHEN 'transfer' THEN u.to_account END AS payee,
+			   row_number() OVER (ORDER BY u.occurred_at, u.n)::integer AS rank
+		  FROM unnest(kinds, from_accounts, to_accounts, amounts, times, meta)
+			   WITH ORDINALITY AS u(kind, from_account, to_account, amount, occurred_at,
+									metadata, n)
+	), r AS (
+		SELECT u.*, a.bucket, p.bucket AS payee_bucket
+		  FROM u
+		  JOIN ledger.accounts a ON a.id = u.account_id
+		  LEFT JOIN ledger.accounts p ON p.id = u.payee
+	), credited AS (
+		-- each account's first credit from another bucket
+		SELECT r.payee AS account_id, min(r.rank) AS rank
+		  FROM r WHERE r.payee_bucket <> r.bucket
+		 GROUP BY r.payee
+	), logged AS (
+		INSERT INTO ledger.event_log (bucket, id, kind, account_id, to_account, amount,
+									  enqueued_at, metadata, waits_from, txid, occurred_at)
+		SELECT r.bucket, ids[r.rank],
+			   CASE r.kind WHEN 'deposit' THEN 'd' WHEN 'withdraw' THEN 'w' ELSE 't' END::"char",
+			   r.account_id, r.payee, r.amount, statement_timestamp(), r.metadata,
+			   CASE WHEN r.kind <> 'deposit' AND c.rank < r.rank THEN ids[c.rank] END,
+			   pg_current_xact_id(), r.occurred_at
+		  FROM r
+		  LEFT JOIN credited c ON c.account_id = r.account_id
+		 ORDER BY r.rank
+		RETURNING bucket, id
+	)
+	SELECT count(*), min(l.id), max(l.id), array_agg(DISTINCT l.bucket)
+	  INTO events, first_event, last_event, buckets
+	  FROM logged l;
+
+	-- the workers see the events at the commit
+	PERFORM @extschema@.ledger_wake_buckets(buckets);
+END
+$$;
+
+/*
+ * ledger_import(source): the rows of a table (or view), columns kind,
+ * from_account, to_account, amount, occurred_at and, if it has one,
+ * metadata; other columns are left alone.  Rows are numbered in the
+ * table's physical order: for a table filled by COPY, the order of the
+ * file.  Rows of one time are logged in that order.
+ */
+CREATE FUNCTION ledger_import(source regclass, OUT events bigint, OUT first_event bigint,
+							  OUT last_event bigint)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+-- the rows are aggregated in the order of a sorted subquery
+SET max_parallel_workers_per_gather = 0
+AS $$
+DECLARE
+	kind		"char";
+	missing		text;
+	k			text[];
+	f			bigint[];
+	t			bigint[];
+	a			bigint[];
+	o			timestamptz[];
+	m			jsonb[];
+BEGIN
+	IF source IS NULL THEN
+		RAISE EXCEPTION 'source may not be NULL' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT c.relkind INTO kind FROM pg_class c WHERE c.oid = source;
+	IF kind IS NULL OR kind NOT IN ('r', 'p', 'm', 'v', 'f') THEN
+		RAISE EXCEPTION '% is not a table or view', source
+			USING ERRCODE = 'wrong_object_type';
+	END IF;
+	SELECT string_agg(w.col, ', ' ORDER BY w.i) INTO missing
+	  FROM unnest(ARRAY['kind', 'from_account', 'to_account', 'amount', 'occurred_at'])
+		   WITH ORDINALITY AS w(col, i)
+	 WHERE NOT EXISTS (SELECT FROM pg_attribute c
+						WHERE c.attrelid = source AND c.attname = w.col
+						  AND c.attnum > 0 AND NOT c.attisdropped);
+	IF missing IS NOT NULL THEN
+		RAISE EXCEPTION USING
+			MESSAGE = format('%s has no column%s %s', source,
+							 CASE WHEN missing LIKE '%,%' THEN 's' ELSE '' END, missing),
+			ERRCODE = 'undefined_column',
+				  HINT = 'An import reads the columns kind (deposit, withdraw or transfer), from_account, to_account, amount, occurred_at, and metadata if there is one.';
+	END IF;
+
+	-- as the caller: its privileges on the table decide what it may read
+	EXECUTE format(
+		'SELECT array_agg(s.kind), array_agg(s.from_account), array_agg(s.to_account),'
+		'       array_agg(s.amount), array_agg(s.occurred_at), array_agg(s.metadata)'
+		'  FROM (SELECT s.kind::text AS kind, s.from_account::bigint AS from_account,'
+		'               s.to_account::bigint AS to_account, s.amount::bigint AS amount,'
+		'               s.occurred_at::timestamptz AS occurred_at, %s AS metadata'
+		'          FROM %s s %s) s',
+		CASE WHEN EXISTS (SELECT FROM pg_attribute c
+						   WHERE c.attrelid = source AND c.attname = 'metadata'
+							 AND c.attnum > 0 AND NOT c.attisdropped)
+			 THEN 's.metadata::jsonb' ELSE 'NULL::jsonb' END,
+		source,
+		CASE kind WHEN 'p' THEN 'ORDER BY s.tableoid, s.ctid'
+				  WHEN 'v' THEN '' WHEN 'f' THEN '' ELSE 'ORDER BY s.ctid' END)
+	  INTO k, f, t, a, o, m;
+	IF k IS NULL THEN
+		events := 0;
+		RETURN;
+	END IF;
+	SELECT i.events, i.first_event, i.last_event INTO events, first_event, last_event
+	  FROM @extschema@.ledger_import(k, f, t, a, o, m) i;
+END
+$$;
+
+REVOKE ALL ON FUNCTION
+	ledger_import(text[], bigint[], bigint[], bigint[], timestamptz[], jsonb[]),
+	ledger_import(regclass)
+	FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+	ledger_import(text[], bigint[], bigint[], bigint[], timestamptz[], jsonb[]),
+	ledger_import(regclass)
+	TO ledger_operator;
 
 /* -------------------------------------------------------------------------
  * The audit, with the chain
@@ -388,6 +789,7 @@ $$;
 
 /* Who may call what */
 REVOKE ALL ON FUNCTION ledger.chain_time(timestamptz), ledger.batch_trailer(ledger.batches),
+	ledger.chained_legs(),
 	ledger.verify_chain(), ledger_verify_chain(), ledger_chain_heads(),
 	ledger_close_account(bigint), ledger_reopen_account(bigint),
 	ledger_account_closure(bigint),
