@@ -17,13 +17,13 @@ override CONTRIB_TESTDB = ledger_regress
 override ISOLATION_TESTDB = ledger_regress
 
 REGRESS = upgrade api errors rejections buckets breakpoints verify security trust operations \
-	holds limits currencies metadata asof
+	holds limits currencies metadata asof import chain closing linked
 REGRESS_OPTS = --inputdir=test --outputdir=test \
 	--temp-config=test/ledger.conf --temp-instance=test/tmp_check
 
 ISOLATION = idempotency_race out_of_order_commit rollback_enqueue \
 	drain_one_account consistent_reads hold_races_debits post_races_expiry \
-	guard_concurrent order_in_transaction
+	guard_concurrent order_in_transaction linked_races_debits linked_second_payer_short close_races_transfer
 ISOLATION_OPTS = --inputdir=test --outputdir=output_iso \
 	--temp-config=test/ledger.conf --temp-instance=test/tmp_check_iso
 

@@ -295,7 +295,10 @@ $$
 				SELECT e.account_id, e.amount
 				  FROM ledger.linked_votes v
 				  JOIN ledger.event_log e ON e.id = v.event_id
-				 WHERE NOT EXISTS (SELECT FROM ledger.outcomes o WHERE o.event_id = v.event_id)) x
+				 -- left for later, not decided since: the last vote of a
+				 -- group is paid in the batch that casts it
+				 WHERE EXISTS (SELECT FROM ledger.deferred d WHERE d.event_id = v.event_id)
+				   AND NOT EXISTS (SELECT FROM ledger.outcomes o WHERE o.event_id = v.event_id)) x
 		 GROUP BY x.account_id
 	), total AS (
 		SELECT DISTINCT ON (h.account_id) h.account_id, h.held

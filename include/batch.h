@@ -174,10 +174,15 @@ typedef struct BatchOutput
 	struct BatchChain *chain;	/* chain.c */
 } BatchOutput;
 
-/* The accounts whose events wait in this batch: their later ones wait too. */
+/*
+ * The accounts whose events wait in this batch: their later ones wait too.
+ * And the payees of this bucket's linked transfers that voted and wait for
+ * their group: a close of one waits for the group's decision.
+ */
 typedef struct Waiting
 {
 	HTAB	   *accounts;
+	HTAB	   *promised;
 } Waiting;
 
 enum
@@ -202,6 +207,7 @@ extern void ledger_load_batch_accounts(QueuedEvent *events, int nevents,
 									   TimestampTz now);
 extern bool ledger_must_wait(Waiting *w, BucketState *b, QueuedEvent *ev,
 							 TimestampTz now);
+extern void ledger_note_promised(Waiting *w, QueuedEvent *ev);
 extern const char *ledger_decide(BatchOutput *out, QueuedEvent *ev);
 extern const char *ledger_find_payees(QueuedEvent *ev, AccountState **payees);
 extern void ledger_pay(BatchOutput *out, QueuedEvent *ev, AccountState *payer,

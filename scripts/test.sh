@@ -43,6 +43,7 @@ suite "faults: disk full" bash "$TOP/test/faults/disk_full.sh" || true
 suite "faults: partition" bash "$TOP/test/faults/partition.sh" || true
 suite "chaos (seed 347, 60 s)" bash "$TOP/test/chaos/run.sh" --seed 347 --seconds 60 || true
 suite "http" bash "$TOP/test/http/run.sh" || true
+suite "import (100k)" bash "$TOP/bench/import.sh" --events 100000 || true
 suite "exporter" bash "$TOP/test/exporter/run.sh" || true
 suite "isolation" as_pg make -C "$TOP" -s installcheck-isolation || show_diffs || true
 suite "tap" as_pg make -C "$TOP" -s installcheck-tap || true

@@ -53,6 +53,17 @@ static SPIPlanPtr head_plan = NULL;
 static void
 update(BatchChain *chain, const void *data, size_t len)
 {
+	/*
+	 * Begun at the first thing hashed: a context is a resource of the
+	 * transaction, and a batch that writes no row never reaches
+	 * ledger_chain_end() to free it.
+	 */
+	if (chain->content == NULL)
+	{
+		chain->content = pg_cryptohash_create(PG_SHA256);
+		if (chain->content == NULL || pg_cryptohash_init(chain->content) < 0)
+			elog(ERROR, "could not start hashing a batch");
+	}
 	if (pg_cryptohash_update(chain->content, data, len) < 0)
 		elog(ERROR, "could not hash a batch: %s",
 			 pg_cryptohash_error(chain->content));
@@ -74,16 +85,11 @@ update_int32(BatchChain *chain, int32 value)
 	update(chain, &big, sizeof(big));
 }
 
-/* Start hashing a batch's content. */
+/* Start a batch's chain: nothing hashed yet. */
 void
 ledger_chain_begin(BatchOutput *out)
 {
-	BatchChain *chain = palloc0(sizeof(BatchChain));
-
-	chain->content = pg_cryptohash_create(PG_SHA256);
-	if (chain->content == NULL || pg_cryptohash_init(chain->content) < 0)
-		elog(ERROR, "could not start hashing a batch");
-	out->chain = chain;
+	out->chain = palloc0(sizeof(BatchChain));
 }
 
 /* A leg the batch writes, in id order. */
@@ -206,6 +212,7 @@ ledger_chain_end(BatchOutput *out, int bucket, int applied, int rejected,
 	if (pg_cryptohash_final(chain->content, content, sizeof(content)) < 0)
 		elog(ERROR, "could not hash a batch");
 	pg_cryptohash_free(chain->content);
+	chain->content = NULL;
 
 	has_head = chain_head(bucket, head);
 	hash = palloc(VARHDRSZ + PG_SHA256_DIGEST_LENGTH);

@@ -220,8 +220,7 @@ ledger_find_payees(QueuedEvent *ev, AccountState **payees)
 
 		/*
 		 * A payee of another bucket closed as this worker last loaded it.
-		 * One closed since gets the credit held back there (see
-		 * ledger_apply_credit()) until it is reopened.
+		 * One closed since still gets the credit (ledger_apply_credit()).
 		 */
 		if (!payees[p]->owned && payees[p]->closed)
 			return "account_closed";
@@ -259,14 +258,18 @@ static const char *
 apply_hold(BatchOutput *out, QueuedEvent *ev)
 {
 	AccountState *payer = ledger_find_account(ev->account_id);
+	AccountState *payee;
 	const char *reason = NULL;
 	int64		held = 0;
 
-	if (payer == NULL || !payer->owned || ledger_find_account(ev->payees[0]) == NULL)
+	if (payer == NULL || !payer->owned)
 		reason = "unknown_account";
 	else if (ev->expires_at != 0 && ev->expires_at <= out->now)
 		reason = "hold_expired";
 	else if (!ledger_can_debit(payer, ev->amount, out->now, &reason))
+		;
+	/* the payee as a transfer's: known, open, room for the amount */
+	else if ((reason = ledger_find_payees(ev, &payee)) != NULL)
 		;
 	else if (pg_add_s64_overflow(payer->held, ev->amount, &held))
 		reason = "overflow";
@@ -454,23 +457,25 @@ ledger_expire_holds(BatchOutput *out)
  * bound held (accounts.c).  A ledger that was over it before 1.5 could hold
  * a balance a credit would overflow: that credit then stays queued (its
  * event pending, its money counted in flight by ledger_verify()) until the
- * payee's balance leaves room for it, reported once.  So does a credit to
- * an account closed after its payer's bucket decided the event, until the
- * account is reopened: a close waits for the credits it knows of, but the
- * payer's bucket may have decided before it learned of the close.
+ * payee's balance leaves room for it, reported once.  A credit to an
+ * account closed since the payer's bucket decided the event (before it
+ * learned of the close) is posted all the same: a close cannot call back
+ * money already paid out, and holding it back would leave the event
+ * pending for as long as the account stays closed.  It is reported, so
+ * that an operator reopens the account and moves the money on.
  */
 bool
 ledger_apply_credit(BatchOutput *out, QueuedEvent *ev)
 {
-	const char *reason = NULL;
 	int			p;
 
 	for (p = 0; p < ev->npayees; p++)
 	{
 		AccountState *payee = ledger_find_account(ev->payees[p]);
+		int64		result;
 
 		if (payee == NULL || !payee->owned ||
-			!ledger_can_credit(payee, ev->amounts[p], &reason))
+			pg_add_s64_overflow(payee->balance, ev->amounts[p], &result))
 		{
 			bool		reported;
 
@@ -479,13 +484,7 @@ ledger_apply_credit(BatchOutput *out, QueuedEvent *ev)
 													  sizeof(int64), sizeof(int64),
 													  TopMemoryContext);
 			(void) hash_search(reported_credits, &ev->row_id, HASH_ENTER, &reported);
-			if (!reported && payee != NULL && payee->closed)
-				ereport(WARNING,
-						(errmsg("ledger: credit of event " INT64_FORMAT " to account " INT64_FORMAT " is held back",
-								ev->id, ev->payees[p]),
-						 errdetail("The account was closed after the event was decided."),
-						 errhint("It is posted if the account is reopened; ledger_health() lists it meanwhile.")));
-			else if (!reported)
+			if (!reported)
 				ereport(WARNING,
 						(errmsg("ledger: credit of event " INT64_FORMAT " to account " INT64_FORMAT " is held back",
 								ev->id, ev->payees[p]),
@@ -498,6 +497,13 @@ ledger_apply_credit(BatchOutput *out, QueuedEvent *ev)
 	for (p = 0; p < ev->npayees; p++)
 	{
 		AccountState *payee = ledger_find_account(ev->payees[p]);
+
+		if (payee->closed)
+			ereport(WARNING,
+					(errmsg("ledger: credit of event " INT64_FORMAT " to closed account " INT64_FORMAT " is posted",
+							ev->id, ev->payees[p]),
+					 errdetail("The payer's bucket decided the event before it learned of the close."),
+					 errhint("Reopen the account with ledger_reopen_account() to move the money on.")));
 
 		/*
 		 * An imported event's credit at the event's time, unless the payee
@@ -530,6 +536,30 @@ names_waiting_account(Waiting *w, QueuedEvent *ev)
 		if (hash_search(w->accounts, &ev->payees[p], HASH_FIND, NULL))
 			return true;
 	return false;
+}
+
+/*
+ * A linked transfer that voted waits for its group: its payees were
+ * promised its amount.  Only a close of one of them waits for it: paid
+ * after the close, the money would land in a closed account.
+ */
+void
+ledger_note_promised(Waiting *w, QueuedEvent *ev)
+{
+	int			p;
+
+	if (w->promised == NULL)
+		w->promised = ledger_hash_create("ledger accounts promised", 16, sizeof(int64),
+										 sizeof(int64), CurrentMemoryContext);
+	for (p = 0; p < ev->npayees; p++)
+		(void) hash_search(w->promised, &ev->payees[p], HASH_ENTER, NULL);
+}
+
+static bool
+close_awaits_linked(Waiting *w, QueuedEvent *ev)
+{
+	return ev->kind == LEDGER_CLOSE && w->promised != NULL &&
+		hash_search(w->promised, &ev->account_id, HASH_FIND, NULL) != NULL;
 }
 
 static void
@@ -604,13 +634,15 @@ awaits_credit(BucketState *b, QueuedEvent *ev, TimestampTz now)
 
 /*
  * Must this event be left for later?  When an earlier event of the batch
- * that names one of its accounts was, or when it awaits a credit.  If so,
+ * that names one of its accounts was, when it awaits a credit, or when it
+ * closes an account a linked transfer waiting for its group pays.  If so,
  * its accounts are noted: their later events wait too.
  */
 bool
 ledger_must_wait(Waiting *w, BucketState *b, QueuedEvent *ev, TimestampTz now)
 {
-	if (!names_waiting_account(w, ev) && !awaits_credit(b, ev, now))
+	if (!names_waiting_account(w, ev) && !close_awaits_linked(w, ev) &&
+		!awaits_credit(b, ev, now))
 		return false;
 	wait_accounts_of(w, ev);
 	return true;

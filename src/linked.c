@@ -189,6 +189,7 @@ ledger_decide_linked(BatchOutput *out, BucketState *b, Waiting *w,
 			return reason;
 		if (g.nvoted + 1 < g.nparts)
 		{
+			ledger_note_promised(w, ev);
 			*wait = true;
 			return NULL;
 		}
@@ -204,6 +205,7 @@ ledger_decide_linked(BatchOutput *out, BucketState *b, Waiting *w,
 	}
 	if (g.nvoted < g.nparts)
 	{
+		ledger_note_promised(w, ev);
 		*wait = true;
 		return NULL;
 	}
