@@ -395,10 +395,13 @@ $$;
  * imported event older than the newest leg of an account it posts to
  * (out_of_order).
  *
- * A row debiting an account (withdraw, transfer) that an earlier row of the
- * import credits from another bucket waits for that credit as a debit of
- * one transaction does (waits_from, src/order.c): waits_from is the first
- * row of the import that credits it so.
+ * A transfer between buckets is logged with its credit, in the payee's
+ * bucket, with the next id: the payee's worker reads the credit in the
+ * history's order, and posts it once the payer's worker has applied the
+ * transfer (or drops it if it was rejected), the payee's later events
+ * waiting meanwhile (src/import.c).  So every account's legs, and each
+ * debit's funds, follow the history's order across buckets too.  The ids
+ * from first_event to last_event are the events' and those credits'.
  *
  * Two forms.  The one of arrays does the work, with the extension owner's
  * rights.  The one of a table runs with its caller's: it reads the table
@@ -643,9 +646,16 @@ BEGIN
 		RAISE EXCEPTION USING MESSAGE = msg, ERRCODE = code, DETAIL = detail, HINT = hint;
 	END IF;
 
-	-- the ids, in order: the rows get them in (occurred_at, row) order
+	-- the ids, in order: the rows get them in (occurred_at, row) order, a
+	-- transfer between buckets two, the second for its credit
 	SELECT array_agg(s.id ORDER BY s.id) INTO ids
-	  FROM (SELECT nextval('ledger.event_id_seq') AS id FROM generate_series(1, n)) s;
+	  FROM (SELECT nextval('ledger.event_id_seq') AS id
+			  FROM generate_series(1, n + (SELECT count(*)
+											 FROM unnest(kinds, from_accounts, to_accounts)
+												  AS u(kind, from_account, to_account)
+											 JOIN ledger.accounts a ON a.id = u.from_account
+											 JOIN ledger.accounts p ON p.id = u.to_account
+											WHERE u.kind = 'transfer' AND a.bucket <> p.bucket)::integer)) s;
 
 	WITH u AS (
 		SELECT u.kind, u.amount, u.occurred_at, u.metadata,
@@ -655,30 +665,37 @@ BEGIN
 		  FROM unnest(kinds, from_accounts, to_accounts, amounts, times, meta)
 			   WITH ORDINALITY AS u(kind, from_account, to_account, amount, occurred_at,
 									metadata, n)
-	), r AS (
-		SELECT u.*, a.bucket, p.bucket AS payee_bucket
+	), b AS (
+		SELECT u.*, a.bucket, p.bucket AS payee_bucket,
+			   COALESCE(p.bucket <> a.bucket, false) AS between_buckets
 		  FROM u
 		  JOIN ledger.accounts a ON a.id = u.account_id
 		  LEFT JOIN ledger.accounts p ON p.id = u.payee
-	), credited AS (
-		-- each account's first credit from another bucket
-		SELECT r.payee AS account_id, min(r.rank) AS rank
-		  FROM r WHERE r.payee_bucket <> r.bucket
-		 GROUP BY r.payee
+	), r AS (
+		-- the row's id: its rank, after the credits of the rows before it
+		SELECT b.*,
+			   b.rank + COALESCE(sum(b.between_buckets::integer)
+									OVER (ORDER BY b.rank ROWS BETWEEN UNBOUNDED PRECEDING
+																  AND 1 PRECEDING), 0)::integer AS slot
+		  FROM b
 	), logged AS (
 		INSERT INTO ledger.event_log (bucket, id, kind, account_id, to_account, amount,
-									  enqueued_at, metadata, waits_from, txid, occurred_at)
-		SELECT r.bucket, ids[r.rank],
+									  to_accounts, amounts, enqueued_at, metadata, txid,
+									  credit_of, occurred_at)
+		SELECT r.bucket, ids[r.slot],
 			   CASE r.kind WHEN 'deposit' THEN 'd' WHEN 'withdraw' THEN 'w' ELSE 't' END::"char",
-			   r.account_id, r.payee, r.amount, statement_timestamp(), r.metadata,
-			   CASE WHEN r.kind <> 'deposit' AND c.rank < r.rank THEN ids[c.rank] END,
-			   pg_current_xact_id(), r.occurred_at
+			   r.account_id, r.payee, r.amount, NULL, NULL, statement_timestamp(), r.metadata,
+			   pg_current_xact_id(), NULL, r.occurred_at
 		  FROM r
-		  LEFT JOIN credited c ON c.account_id = r.account_id
-		 ORDER BY r.rank
-		RETURNING bucket, id
+		UNION ALL
+		SELECT r.payee_bucket, ids[r.slot + 1], 'c', r.account_id, NULL, r.amount,
+			   ARRAY[r.payee], ARRAY[r.amount], statement_timestamp(), NULL,
+			   pg_current_xact_id(), ids[r.slot], r.occurred_at
+		  FROM r WHERE r.between_buckets
+		RETURNING bucket, id, credit_of
 	)
-	SELECT count(*), min(l.id), max(l.id), array_agg(DISTINCT l.bucket)
+	SELECT count(*) FILTER (WHERE l.credit_of IS NULL), min(l.id),
+		   max(l.id) FILTER (WHERE l.credit_of IS NULL), array_agg(DISTINCT l.bucket)
 	  INTO events, first_event, last_event, buckets
 	  FROM logged l;
 

@@ -17,9 +17,10 @@
 -- Prints: first event id, last event id, and the last id of each bucket.
 \set ON_ERROR_STOP 1
 -- the log's columns, as this file writes them (1.2 added hold_id,
--- expires_at and metadata, 1.6 the last four)
+-- expires_at and metadata, 1.6 bucket to credit_of, 1.9 occurred_at and
+-- link_of, NULL but for imported and linked events)
 SELECT string_agg(attname, ',' ORDER BY attnum)
-	   = 'id,kind,account_id,to_account,amount,to_accounts,amounts,status,reason,enqueued_at,applied_at,hold_id,expires_at,metadata,bucket,txid,waits_from,credit_of'
+	   = 'id,kind,account_id,to_account,amount,to_accounts,amounts,status,reason,enqueued_at,applied_at,hold_id,expires_at,metadata,bucket,txid,waits_from,credit_of,occurred_at,link_of'
 	   AS log_as_expected
   FROM pg_attribute
  WHERE attrelid = 'ledger.event_log'::regclass AND attnum > 0 AND NOT attisdropped \gset

@@ -135,6 +135,7 @@ typedef struct QueuedEvent
 	bool		was_deferred;	/* left for later by an earlier batch */
 	TimestampTz occurred_at;	/* imported: when it happened; else 0 */
 	int64		link_of;		/* a linked transfer's group, or 0 */
+	char		transfer_state; /* an imported credit's transfer, see import.c */
 	int			npayees;		/* transfers, disbursements, credits, posts */
 	int64	   *payees;
 	int64	   *amounts;
@@ -208,6 +209,7 @@ extern void ledger_load_batch_accounts(QueuedEvent *events, int nevents,
 extern bool ledger_must_wait(Waiting *w, BucketState *b, QueuedEvent *ev,
 							 TimestampTz now);
 extern void ledger_note_promised(Waiting *w, QueuedEvent *ev);
+extern bool ledger_imported_credit_waits(Waiting *w, QueuedEvent *ev);
 extern const char *ledger_decide(BatchOutput *out, QueuedEvent *ev);
 extern const char *ledger_find_payees(QueuedEvent *ev, AccountState **payees);
 extern void ledger_pay(BatchOutput *out, QueuedEvent *ev, AccountState *payer,
@@ -220,6 +222,11 @@ extern void ledger_decide_reset(void);
 extern const char *ledger_decide_linked(BatchOutput *out, BucketState *b,
 										Waiting *w, QueuedEvent *ev, bool *wait);
 extern void ledger_linked_reset(void);
+
+/* import.c */
+extern void ledger_import_read_transfers(QueuedEvent *events, int nevents);
+extern void ledger_import_decided(QueuedEvent *ev);
+extern void ledger_import_reset(void);
 
 /* chain.c */
 extern void ledger_chain_begin(BatchOutput *out);

@@ -58,6 +58,7 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 	}
 
 	ledger_load_batch_accounts(events, nevents, now);
+	ledger_import_read_transfers(events, nevents);
 	ledger_rows_begin(&out, now);
 
 	/* the worker's first bucket expires the holds of all of them */
@@ -74,8 +75,18 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 
 		if (ev->kind == LEDGER_CREDIT)
 		{
-			/* credits never wait: the events waiting wait for them */
-			if (ledger_apply_credit(&out, ev))
+			/*
+			 * Credits never wait, the events waiting wait for them; but
+			 * those an import logged wait for their transfers (import.c).
+			 */
+			if (ev->occurred_at != 0 && ledger_imported_credit_waits(&waiting, ev))
+			{
+				ledger_record_deferral(&out, b, ev);
+				counts->deferred++;
+			}
+			else if (ev->occurred_at != 0 && ev->transfer_state == LEDGER_REJECTED)
+				ledger_record_outcome(&out, ev, "transfer_rejected");
+			else if (ledger_apply_credit(&out, ev))
 				counts->credits++;
 			else
 			{
@@ -106,6 +117,8 @@ ledger_apply_batch(int index, int batch_size, LedgerBatchCounts *counts)
 			reason = ledger_decide(&out, ev);
 		/* an imported event's legs were posted at its own time */
 		out.leg_time = now;
+		if (ev->occurred_at != 0)
+			ledger_import_decided(ev);
 		ledger_record_outcome(&out, ev, reason);
 		if (reason)
 			counts->rejected++;

@@ -191,8 +191,9 @@ ledger_pay(BatchOutput *out, QueuedEvent *ev, AccountState *payer,
 	ledger_post_leg(out, payer, ev->id, -ev->amount);
 	for (p = 0; p < ev->npayees; p++)
 	{
-		done[p] = payees[p]->owned;
-		if (done[p])
+		/* an imported transfer's credit was logged with it (import.c) */
+		done[p] = payees[p]->owned || ev->occurred_at != 0;
+		if (payees[p]->owned)
 			ledger_post_leg(out, payees[p], ev->id, ev->amounts[p]);
 	}
 	for (p = 0; p < ev->npayees; p++)
@@ -630,6 +631,31 @@ awaits_credit(BucketState *b, QueuedEvent *ev, TimestampTz now)
 		elog(ERROR, "could not look for the credits event " INT64_FORMAT " waits for",
 			 ev->id);
 	return SPI_processed > 0;
+}
+
+/*
+ * Must this imported credit wait (import.c)?  While its transfer is not
+ * decided in the payer's bucket, or an earlier event of the batch that
+ * names one of its payees waits: its payees' legs are in time order.  If
+ * so, its payees are noted: their later events wait too.
+ */
+bool
+ledger_imported_credit_waits(Waiting *w, QueuedEvent *ev)
+{
+	bool		wait = ev->transfer_state == 0;
+	int			p;
+
+	for (p = 0; p < ev->npayees && !wait; p++)
+		wait = w->accounts != NULL &&
+			hash_search(w->accounts, &ev->payees[p], HASH_FIND, NULL) != NULL;
+	if (!wait)
+		return false;
+	if (w->accounts == NULL)
+		w->accounts = ledger_hash_create("ledger accounts waiting", 16, sizeof(int64),
+										 sizeof(int64), CurrentMemoryContext);
+	for (p = 0; p < ev->npayees; p++)
+		(void) hash_search(w->accounts, &ev->payees[p], HASH_ENTER, NULL);
+	return true;
 }
 
 /*

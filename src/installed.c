@@ -94,6 +94,7 @@ ledger_apply_reset(void)
 	ledger_decide_reset();
 	ledger_chain_reset();
 	ledger_linked_reset();
+	ledger_import_reset();
 	ledger_extension = InvalidOid;
 }
 

@@ -45,13 +45,14 @@ SELECT * FROM ledger_import('history') \gset
 SELECT :events AS events, :last_event - :first_event + 1 AS ids;
 -- the events, in id order: by occurred_at, then by row
 SELECT row_number() OVER (ORDER BY e.id) AS n, e.kind, e.account_id, e.to_account,
-	   e.amount, e.occurred_at, e.waits_from - :first_event + 1 AS waits_from_n
+	   e.amount, e.occurred_at
   FROM ledger.event_log e
  WHERE e.id BETWEEN :first_event AND :last_event
  ORDER BY e.id;
 -- committed: the workers apply them
 SELECT ledger_wait(id, 30000) AS status, count(*)
-  FROM generate_series(:first_event, :last_event) id
+  FROM ledger.event_log
+ WHERE id BETWEEN :first_event AND :last_event AND credit_of IS NULL
  GROUP BY 1 ORDER BY 1;
 SELECT e.kind, e.account_id, e.amount, e.status, e.reason, e.metadata
   FROM generate_series(:first_event, :last_event) id, ledger_event(id) e
@@ -84,7 +85,9 @@ SELECT count(*) AS external_legs_out_of_order
 /*
  * 2. A credit from another bucket is posted at its time.  9707 (bucket 1)
  * pays 9708 (bucket 0) on 1 February; 9708's own bucket has a deposit for
- * it on 15 February and a withdrawal on 1 March that needs the credit.
+ * it on 15 February and a withdrawal on 1 March that needs the credit: the
+ * credit, logged with the transfer in 9708's bucket, is posted in the
+ * history's order there, once bucket 1 has applied the transfer.
  */
 SELECT * FROM ledger_import(
 	ARRAY['deposit', 'deposit', 'transfer', 'deposit', 'withdraw'],
@@ -92,8 +95,15 @@ SELECT * FROM ledger_import(
 	ARRAY[9707, 9708, 9708, 9708, NULL]::bigint[],
 	ARRAY[1000, 100, 300, 1, 350]::bigint[],
 	ARRAY['2021-01-01', '2021-01-01', '2021-02-01', '2021-02-15', '2021-03-01']::timestamptz[]) \gset
+-- the transfer is logged with its credit, in 9708's bucket, next to it
+SELECT e.id - :first_event + 1 AS n, e.kind, e.bucket, e.account_id, e.to_account,
+	   e.to_accounts, e.amount, e.credit_of - :first_event + 1 AS credit_of_n
+  FROM ledger.event_log e
+ WHERE e.id BETWEEN :first_event AND :last_event
+ ORDER BY e.id;
 SELECT ledger_wait(id, 30000) AS status, count(*)
-  FROM generate_series(:first_event, :last_event) id
+  FROM ledger.event_log
+ WHERE id BETWEEN :first_event AND :last_event AND credit_of IS NULL
  GROUP BY 1 ORDER BY 1;
 SELECT a AS account, ledger_balance(a) AS now,
 	   ledger_balance(a, '2021-01-20') AS jan_20,
@@ -105,27 +115,36 @@ SELECT amount, balance_after, created_at
 
 /*
  * 3. The workers decide imported events as any other: a withdrawal beyond
- * the balance is rejected (insufficient_funds), and so is a debit that
+ * the balance is rejected (insufficient_funds), and so is a transfer to
+ * another bucket beyond it (its credit is dropped there), and a debit that
  * waited for a credit from another bucket (9710, bucket 0, credited by
  * 9709, bucket 1) that does not cover it.  Each is reported by its event.
  */
 SELECT * FROM ledger_import(
-	ARRAY['deposit', 'withdraw', 'transfer', 'withdraw', 'withdraw'],
-	ARRAY[NULL, 9709, 9709, 9710, 9710]::bigint[],
-	ARRAY[9709, NULL, 9710, NULL, NULL]::bigint[],
-	ARRAY[100, 150, 60, 100, 60]::bigint[],
-	ARRAY['2021-04-01', '2021-04-02', '2021-04-03', '2021-04-04', '2021-04-05']::timestamptz[]) \gset
+	ARRAY['deposit', 'withdraw', 'transfer', 'transfer', 'withdraw', 'withdraw'],
+	ARRAY[NULL, 9709, 9709, 9709, 9710, 9710]::bigint[],
+	ARRAY[9709, NULL, 9710, 9710, NULL, NULL]::bigint[],
+	ARRAY[100, 150, 60, 1000, 100, 60]::bigint[],
+	ARRAY['2021-04-01', '2021-04-02', '2021-04-03', '2021-04-03 12:00', '2021-04-04',
+		  '2021-04-05']::timestamptz[]) \gset
 SELECT ledger_wait(id, 30000) AS status, count(*)
-  FROM generate_series(:first_event, :last_event) id
+  FROM ledger.event_log
+ WHERE id BETWEEN :first_event AND :last_event AND credit_of IS NULL
  GROUP BY 1 ORDER BY 1;
-SELECT row_number() OVER (ORDER BY g.id) AS n, e.kind, e.account_id, e.amount, e.status,
-	   e.reason, l.waits_from - :first_event + 1 AS waits_from_n
-  FROM generate_series(:first_event, :last_event) g(id), ledger_event(g.id) e,
-	   ledger.event_log l
- WHERE l.id = g.id
- ORDER BY g.id;
+SELECT row_number() OVER (ORDER BY l.id) AS n, e.kind, e.account_id, e.amount, e.status,
+	   e.reason
+  FROM ledger.event_log l, ledger_event(l.id) e
+ WHERE l.id BETWEEN :first_event AND :last_event
+ ORDER BY l.id;
 SELECT ledger_balance(9709) AS b9709, ledger_balance(9710) AS b9710,
 	   ledger_balance(9710, '2021-04-04 12:00') AS b9710_apr_4;
+-- the credit of the rejected transfer is dropped in 9710's bucket, not left
+-- pending
+SELECT c.credit_of - :first_event + 1 AS credit_of_n, o.status, o.reason
+  FROM ledger.event_log c JOIN ledger.outcomes o ON o.event_id = c.id
+ WHERE c.id BETWEEN :first_event AND :last_event AND c.credit_of IS NOT NULL
+   AND o.status = 'r';
+SELECT count(*) AS pending FROM ledger.queue q WHERE q.id BETWEEN :first_event AND :last_event;
 
 -- a transfer imported after what the ledger holds is fine
 SELECT * FROM ledger_import(ARRAY['transfer'], '{9704}', '{9716}', '{100}',
