@@ -409,6 +409,49 @@ $$;
  * its row security decide what it may read, then passes the rows to the
  * first.
  * ------------------------------------------------------------------------- */
+/*
+ * The entries pending, as in 1.6, but for the credits an import logged
+ * with transfers not applied yet: no money is in flight for them (their
+ * transfers, pending, are listed), and the audit, which counts credits
+ * queued as money in flight, must not count them before the debit.
+ */
+CREATE OR REPLACE FUNCTION ledger.pending_entries(OUT bucket integer, OUT seq bigint, OUT id bigint,
+												  OUT kind "char", OUT account_id bigint,
+												  OUT to_account bigint, OUT amount bigint,
+												  OUT to_accounts bigint[], OUT amounts bigint[],
+												  OUT enqueued_at timestamptz, OUT hold_id bigint,
+												  OUT expires_at timestamptz, OUT metadata jsonb,
+												  OUT waits_from bigint)
+RETURNS SETOF record
+LANGUAGE sql STABLE ROWS 100 SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET jit = off AS
+$$
+	SELECT e.bucket, e.id, COALESCE(e.credit_of, e.id), e.kind, e.account_id,
+		   e.to_account, e.amount, e.to_accounts, e.amounts, e.enqueued_at,
+		   e.hold_id, e.expires_at, e.metadata, e.waits_from
+	  FROM pg_catalog.generate_series(0, 63) k(bucket)
+	  LEFT JOIN LATERAL (SELECT * FROM ledger.batches b WHERE b.bucket = k.bucket
+						  ORDER BY b.id DESC LIMIT 1) l ON true
+	  JOIN LATERAL
+		   (SELECT e.* FROM (SELECT COALESCE(pg_catalog.pg_snapshot_xmax(l.prev), '0') AS lo,
+									'18446744073709551615'::xid8 AS hi
+							  UNION ALL
+							  SELECT x, x FROM pg_catalog.pg_snapshot_xip(l.prev) x) r
+			   JOIN ledger.event_log e
+				 ON e.bucket = k.bucket AND e.txid >= r.lo AND e.txid <= r.hi
+			 WHERE e.id > ledger.base_id()
+			   AND NOT EXISTS (SELECT FROM ledger.outcomes o WHERE o.event_id = e.id)
+			   AND NOT EXISTS (SELECT FROM ledger.deferred d WHERE d.event_id = e.id)
+			   AND (l.id IS NULL
+					OR NOT ledger.decided_by(l.prev, l.cur, l.cursor_txid, l.cursor_id, e.txid, e.id))
+			UNION ALL
+			SELECT e.* FROM ledger.deferred d JOIN ledger.event_log e ON e.id = d.event_id
+			 WHERE d.bucket = k.bucket
+			   AND NOT EXISTS (SELECT FROM ledger.outcomes o WHERE o.event_id = d.event_id)) e ON true
+	 WHERE e.credit_of IS NULL OR e.occurred_at IS NULL
+		OR (SELECT ledger.row_state(t) FROM ledger.event_log t WHERE t.id = e.credit_of) = 'a'
+$$;
+
 CREATE FUNCTION ledger_import(kinds text[], from_accounts bigint[], to_accounts bigint[],
 							  amounts bigint[], occurred_at timestamptz[],
 							  metadata jsonb[] DEFAULT NULL,

@@ -295,6 +295,23 @@ SELECT (SELECT max(id) FROM ledger.event_log) - b.last_event AS new_events,
 SELECT ledger_resume(1);
 SELECT ledger_wait(:pending_deposit, 30000);
 
+/*
+ * 5. While the payer's bucket has not decided an imported transfer to
+ * another bucket, its credit is no money in flight: the queue lists the
+ * transfer, not the credit, and the audit finds nothing.
+ */
+SELECT ledger_pause(1);
+SELECT * FROM ledger_import('{deposit,transfer}', '{NULL,9713}', '{9713,9712}', '{100,40}',
+							'{2021-07-01,2021-07-02}') \gset
+SELECT q.kind, q.bucket FROM ledger.queue q
+ WHERE q.seq BETWEEN :first_event AND :last_event + 1 ORDER BY q.seq;
+SELECT count(*) AS problems FROM ledger_verify();
+SELECT ledger_resume(1);
+SELECT ledger_wait(:last_event, 30000);
+SELECT ledger_balance(9713) AS b9713, ledger_balance(9712) AS b9712,
+	   ledger_balance(9712, '2021-07-01 12:00') AS b9712_jul_1,
+	   ledger_balance(9712, '2021-07-02') AS b9712_jul_2;
+
 DROP TABLE history, before, cases, no_amount, readable, unreadable;
 DROP FUNCTION attempt(text), imp(text, text, text, text, text, text);
 DROP ROLE regress_import_tenant, regress_import_operator, regress_import_client,
