@@ -191,9 +191,17 @@ ledger_pay(BatchOutput *out, QueuedEvent *ev, AccountState *payer,
 	ledger_post_leg(out, payer, ev->id, -ev->amount);
 	for (p = 0; p < ev->npayees; p++)
 	{
-		/* an imported transfer's credit was logged with it (import.c) */
-		done[p] = payees[p]->owned || ev->occurred_at != 0;
-		if (payees[p]->owned)
+		/*
+		 * An imported transfer's credit to another bucket was logged with
+		 * it (import.c), even to a bucket this worker serves too.
+		 */
+		if (ev->occurred_at != 0 && payees[p]->bucket != payer->bucket)
+		{
+			done[p] = true;
+			continue;
+		}
+		done[p] = payees[p]->owned;
+		if (done[p])
 			ledger_post_leg(out, payees[p], ev->id, ev->amounts[p]);
 	}
 	for (p = 0; p < ev->npayees; p++)

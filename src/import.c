@@ -108,18 +108,21 @@ ledger_import_read_transfers(QueuedEvent *events, int nevents)
 
 /*
  * An imported transfer was decided, applied or rejected: wake the buckets
- * of this node whose credits of it wait for that.
+ * whose credits of it wait for that (this worker's own too: it may serve
+ * more than one bucket).
  */
 void
 ledger_import_decided(QueuedEvent *ev)
 {
+	AccountState *payer = ledger_find_account(ev->account_id);
 	int			p;
 
 	for (p = 0; p < ev->npayees; p++)
 	{
 		AccountState *payee = ledger_find_account(ev->payees[p]);
 
-		if (payee != NULL && !payee->owned && payee->node == 0)
+		if (payer != NULL && payee != NULL && payee->node == 0 &&
+			payee->bucket != payer->bucket)
 			ledger_wake_at_commit(payee->bucket);
 	}
 }
