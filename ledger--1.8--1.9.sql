@@ -829,11 +829,15 @@ GRANT EXECUTE ON FUNCTION
 /* -------------------------------------------------------------------------
  * The audit, with the chain
  * ------------------------------------------------------------------------- */
+-- the settings of 1.6 (ledger--1.5--1.6.sql: hash joins, no jit), which a
+-- CREATE OR REPLACE would drop: after a crash, without them, the audit of a
+-- small ledger takes minutes
 CREATE OR REPLACE FUNCTION ledger_verify(OUT problem text, OUT account_id bigint,
 										 OUT event_id bigint, OUT expected bigint,
 										 OUT found bigint)
 RETURNS SETOF record
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET enable_nestloop = off SET jit = off
 AS $$
 	SELECT * FROM ledger.verify_running_balances()
 	UNION ALL SELECT * FROM ledger.verify_balances()
